@@ -1,0 +1,236 @@
+"""Typed, validated views of params.yaml: one dataclass per stage block.
+
+Every block is checked once, when a stage starts, so a typo or an impossible value stops the
+stage before any work with a message naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
+
+import yaml
+
+from fmnist_seq.errors import ParamsError
+
+MODEL_NAMES: tuple[str, ...] = ("rnn", "gru")
+PARAMS_FILE = "params.yaml"
+
+T = TypeVar("T")
+
+
+def _spec(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+          lt: float | None = None, nonempty: bool = False, pattern: str | None = None) -> Any:
+    """A dataclass field whose metadata carries the range check applied when params are loaded."""
+    meta = {"ge": ge, "gt": gt, "lt": lt, "nonempty": nonempty, "pattern": pattern}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """What one raw IDX file must be once decompressed."""
+
+    sha256: str = _spec(pattern=r"[0-9a-f]{64}")
+    count: int = _spec(ge=1)
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    sources: list[str] = _spec(nonempty=True)
+    files: dict[str, FileSpec] = _spec(nonempty=True)
+    timeout_s: float = _spec(30.0, gt=0)
+    retries: int = _spec(2, ge=0)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    valid_ratio: float = _spec(0.1, gt=0, lt=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one sequence classifier (each image row is one time step)."""
+
+    cell: Literal["rnn", "gru"]
+    hidden_size: int = _spec(128, ge=1)
+    num_layers: int = _spec(1, ge=1)
+    bidirectional: bool = False
+    # all_steps: flatten every step's output -> Linear -> Dropout -> ReLU -> Linear (the report's RNN).
+    # last_step: the final hidden state -> Dropout -> Linear (the report's GRU).
+    head: Literal["all_steps", "last_step"] = "last_step"
+    head_hidden: int = _spec(512, ge=1)
+    dropout: float = _spec(0.0, ge=0, lt=1)
+    layer_dropout: float = _spec(0.0, ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = _spec(1e-3, gt=0)
+    weight_decay: float = _spec(0.0, ge=0)
+    schedule: Literal["constant", "onecycle", "cosine"] = "constant"
+    batch_size: int = _spec(128, ge=1)
+    epochs: int = _spec(10, ge=1)
+    patience: int = _spec(3, ge=0)  # 0 turns early stopping off
+    grad_clip: float = _spec(0.0, ge=0)  # 0 turns clipping off
+    label_smoothing: float = _spec(0.0, ge=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = _spec(1000, ge=1)
+    misclassified_shown: int = _spec(24, ge=1)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    models: list[Literal["rnn", "gru"]] = _spec(nonempty=True)
+    exporters: dict[str, Literal["dynamo", "legacy"]] = _spec(nonempty=True)
+    opset: int = _spec(18, ge=14)
+    max_logit_diff: float = _spec(1e-4, gt=0)
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    bench_batch_size: int = _spec(256, ge=1)
+    bench_seconds: float = _spec(3.0, gt=0)
+    quantize: bool = True
+    quantize_max_accuracy_drop: float = _spec(0.002, ge=0, lt=1)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    bad = ParamsError(f"params.yaml: {where} = {value!r} is not valid: expected {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        _, item_tp = get_args(tp)
+        return {str(k): _convert(v, item_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported params type {tp!r} at {where}")
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    bounds = [f"{op} {meta[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("lt", "<"))
+              if meta.get(key) is not None]
+    in_range = ((meta.get("ge") is None or value >= meta["ge"])
+                and (meta.get("gt") is None or value > meta["gt"])
+                and (meta.get("lt") is None or value < meta["lt"]))
+    if not in_range:
+        raise ParamsError(f"params.yaml: {where} = {value!r} is out of range: must be "
+                          + " and ".join(bounds))
+    if meta.get("nonempty") and len(value) == 0:
+        raise ParamsError(f"params.yaml: {where} is empty: give at least one entry")
+    if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
+        raise ParamsError(f"params.yaml: {where} = {value!r} does not match {meta['pattern']}")
+
+
+def build(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from the mapping `data` found at `where` in params.yaml."""
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"params.yaml: {where} must be a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key {where}.{unknown[0]}; "
+                          f"allowed keys in {where}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ParamsError(f"params.yaml: missing key {key} ({_type_name(hints[name])})")
+            continue
+        value = _convert(data[name], hints[name], key)
+        _check_range(value, f.metadata, key)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run the stage from the project root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must hold a mapping of stage blocks")
+    return params
+
+
+def load_block(cls: type[T], block: str, path: str | Path = PARAMS_FILE) -> T:
+    """The validated config of one params.yaml block, e.g. load_block(TrainConfig, 'train_gru')."""
+    params = read_params(path)
+    if block not in params:
+        raise ParamsError(f"params.yaml: missing block '{block}'")
+    return build(cls, params[block], block)
+
+
+def load_seed(path: str | Path = PARAMS_FILE) -> int:
+    """The project's one seed: the split and both trainings derive their randomness from it."""
+    seed = read_params(path).get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParamsError(f"params.yaml: seed = {seed!r} is not valid: expected an integer >= 0")
+    return seed
+
+
+def load_export(path: str | Path = PARAMS_FILE) -> ExportConfig:
+    cfg = load_block(ExportConfig, "export", path)
+    missing = [m for m in cfg.models if m not in cfg.exporters]
+    if missing:
+        raise ParamsError(f"params.yaml: export.exporters has no entry for {missing[0]!r}: "
+                          f"add `{missing[0]}: dynamo` (or legacy)")
+    return cfg
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config, for checkpoints and ONNX metadata."""
+    return dataclasses.asdict(cfg)
+

@@ -1,0 +1,25 @@
+"""Errors the pipeline raises where the cause is known; stage scripts turn them into one line."""
+
+
+class PipelineError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class ParamsError(PipelineError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+class DataError(PipelineError):
+    """Input data is missing, corrupt or not what the stage expects."""
+
+
+class TrainingError(PipelineError):
+    """Training cannot go on (for example the loss became non-finite)."""
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint file is missing, truncated or does not match its parameters."""
+
+
+class ExportError(PipelineError):
+    """The exported model does not match PyTorch or could not be written."""

@@ -1,0 +1,196 @@
+"""Export a checkpoint to ONNX with normalization inside the graph, then prove it matches PyTorch."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import time
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from fmnist_seq.checkpoint import Checkpoint
+from fmnist_seq.classes import CLASS_NAMES, IMAGE_SIZE
+from fmnist_seq.errors import ExportError
+from fmnist_seq.runtime import INPUT_NAME, OUTPUT_NAMES, open_session, run
+
+
+class PixelClassifier(nn.Module):
+    """uint8 pixels (batch, 28, 28) -> (logits, probabilities); callers need no statistics."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (pixels.to(torch.float32) / 255.0 - self.mean) / self.std  # exports as Cast/Div/Sub/Div
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_bytes(wrapper: PixelClassifier, exporter: str, opset: int) -> bytes:
+    """Serialized ONNX model with a dynamic batch dimension."""
+    example = torch.randint(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    buffer = io.BytesIO()
+    # The exporters print progress and warn about their internals; keep the stage log readable.
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES), dynamic_shapes={"pixels": {0: torch.export.Dim.DYNAMIC}},
+                external_data=False, verbose=False)
+            return program.model_proto.SerializeToString()
+        torch.onnx.export(
+            wrapper, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES), dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"},
+                                                            "probabilities": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def model_metadata(name: str, ckpt: Checkpoint, test_accuracy: float, exporter: str, opset: int) -> dict[str, str]:
+    """What an app needs to use the file correctly, stored in the ONNX file itself."""
+    values: dict[str, Any] = {
+        "model_name": name,
+        "class_names": list(CLASS_NAMES),
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", IMAGE_SIZE, IMAGE_SIZE],
+                  "polarity": "light item on a dark background (0 = background), as in Fashion-MNIST",
+                  "layout": "row-major: pixels[b, row, column]"},
+        "outputs": {"logits": "float32 [batch, 10], unnormalized class scores",
+                    "probabilities": "float32 [batch, 10], softmax of logits"},
+        "normalization": {"mean": ckpt.normalization.mean, "std": ckpt.normalization.std,
+                          "formula": "(pixels / 255 - mean) / std, applied inside the graph"},
+        "model_params": ckpt.train_params,
+        "selected_epoch": ckpt.selected_epoch,
+        "test_accuracy": test_accuracy,
+        "exporter": f"torch {torch.__version__} ({exporter}), opset {opset}",
+        "git_commit": git_commit(),
+    }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def with_metadata(model_bytes: bytes, props: dict[str, str]) -> onnx.ModelProto:
+    model = onnx.load_from_string(model_bytes)
+    onnx.helper.set_model_props(model, props)
+    model.doc_string = "Fashion-MNIST classifier: uint8 pixels [batch,28,28] -> logits, probabilities"
+    return model
+
+
+@dataclass
+class Parity:
+    max_logit_diff: float
+    mismatched_predictions: int
+    onnx_accuracy: float
+    torch_accuracy: float
+
+
+def torch_outputs(wrapper: PixelClassifier, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.cat([wrapper(torch.from_numpy(pixels[i:i + batch_size]))[0]
+                          for i in range(0, len(pixels), batch_size)]).numpy()
+
+
+def onnx_outputs(session: Any, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    return np.concatenate([run(session, pixels[i:i + batch_size])[0] for i in range(0, len(pixels), batch_size)])
+
+
+def check_parity(reference_logits: np.ndarray, onnx_logits: np.ndarray, labels: np.ndarray) -> Parity:
+    return Parity(
+        max_logit_diff=float(np.abs(reference_logits - onnx_logits).max()),
+        mismatched_predictions=int((reference_logits.argmax(1) != onnx_logits.argmax(1)).sum()),
+        onnx_accuracy=float((onnx_logits.argmax(1) == labels).mean()),
+        torch_accuracy=float((reference_logits.argmax(1) == labels).mean()),
+    )
+
+
+def require_parity(name: str, parity: Parity, max_logit_diff: float) -> None:
+    if parity.mismatched_predictions or parity.max_logit_diff > max_logit_diff:
+        raise ExportError(
+            f"{name}: onnxruntime disagrees with PyTorch on the test set: {parity.mismatched_predictions} "
+            f"different predicted classes, max |logit diff| {parity.max_logit_diff:.3g} (allowed "
+            f"{max_logit_diff:g}). No model file was written. Try the other exporter "
+            f"(export.exporters.{name}: dynamo|legacy) or check the onnxscript version (GRU linear_before_reset)")
+
+
+def time_per_call(fn: Callable[[], Any], seconds: float) -> float:
+    """Median seconds per call of `fn` over about `seconds` of repeats (after one warm-up call)."""
+    fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 3:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def benchmark(wrapper: PixelClassifier, sessions: dict[str, Any], pixels: np.ndarray, batch_size: int,
+              seconds: float) -> dict[str, float]:
+    """Throughput at `batch_size` and single-image latency, each engine timed in alternating rounds."""
+    batch, single = pixels[:batch_size], pixels[:1]
+    engines: dict[str, Callable[[np.ndarray], Any]] = {"torch": lambda x: torch_outputs(wrapper, x)}
+    engines.update({label: (lambda x, s=s: run(s, x)) for label, s in sessions.items()})
+    per_round = seconds / 3
+    results: dict[str, list[float]] = {f"{e}_{k}": [] for e in engines for k in ("batch", "single")}
+    for _ in range(3):  # interleave engines so machine noise hits all of them alike
+        for label, fn in engines.items():
+            results[f"{label}_batch"].append(time_per_call(lambda: fn(batch), per_round / 2))
+            results[f"{label}_single"].append(time_per_call(lambda: fn(single), per_round / 2))
+    figures: dict[str, float] = {}
+    for label in engines:
+        batch_s, single_s = np.median(results[f"{label}_batch"]), np.median(results[f"{label}_single"])
+        figures[f"{label}_images_per_s"] = round(len(batch) / batch_s, 1)
+        figures[f"{label}_latency_ms"] = round(1000 * single_s, 3)
+    for label in sessions:
+        figures[f"{label}_speedup"] = round(figures[f"{label}_images_per_s"] / figures["torch_images_per_s"], 3)
+        figures[f"{label}_latency_speedup"] = round(figures["torch_latency_ms"] / figures[f"{label}_latency_ms"], 3)
+    return figures
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> None:
+    from fmnist_seq.atomic import write_bytes
+
+    write_bytes(path, model.SerializeToString())
+
+
+def session_from_proto(model: onnx.ModelProto, providers: list[str]) -> Any:
+    return open_session(model.SerializeToString(), providers)
+
+
+def quantized_bytes(model: onnx.ModelProto) -> bytes:
+    """int8 dynamic quantization (weights int8, activations quantized on the fly); RNN/GRU nodes stay fp32."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(model.SerializeToString())
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
+def raw_pixels(images: torch.Tensor, mean: float, std: float) -> np.ndarray:
+    """Undo the stored normalization: the uint8 pixels an app would feed the exported model."""
+    pixels = torch.round((images * std + mean) * 255.0)
+    if (pixels - (images * std + mean) * 255.0).abs().max() > 0.01:
+        raise ExportError("prepared test images do not map back to whole pixel values; rerun `dvc repro prepare`")
+    return pixels.clamp(0, 255).to(torch.uint8).numpy()

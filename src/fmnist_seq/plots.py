@@ -1,0 +1,95 @@
+"""Matplotlib figures the stages save as PNG plots; nothing here touches the file system but save_png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # stages run headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from fmnist_seq.atomic import atomic_path  # noqa: E402
+from fmnist_seq.classes import CLASS_NAMES  # noqa: E402
+
+
+def save_png(fig: Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def image_grid(images: np.ndarray, titles: Sequence[str], columns: int, suptitle: str) -> Figure:
+    """A grid of grayscale images (N, 28, 28), each with its title."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def class_examples(images: np.ndarray, labels: Sequence[int]) -> Figure:
+    """The report's data-exploration figure: one image per class titled `label:class name`."""
+    titles = [f"{label}:{CLASS_NAMES[label]}" for label in labels]
+    return image_grid(images, titles, columns=5, suptitle="One training example per class")
+
+
+def learning_curve(history: Sequence[dict], selected_epoch: int, title: str) -> Figure:
+    """Loss and accuracy per epoch, train vs validation, with the selected epoch marked."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"valid_{key}"] for h in history], "o-", label="validation")
+        ax.axvline(selected_epoch, color="gray", linestyle="--", label=f"selected (epoch {selected_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix: np.ndarray, title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(CLASS_NAMES))
+    ax.set_xticks(ticks, CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(ticks, CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > threshold else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(accuracies: dict[str, Sequence[float]]) -> Figure:
+    """Per-class test accuracy (recall) of each model, bars side by side."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(1, len(accuracies))
+    x = np.arange(len(CLASS_NAMES))
+    for i, (name, values) in enumerate(accuracies.items()):
+        ax.bar(x + (i - (len(accuracies) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (recall)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    ax.set_title("Per-class test accuracy")
+    fig.tight_layout()
+    return fig
