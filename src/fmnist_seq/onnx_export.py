@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import tempfile
 import time
 import warnings
 from contextlib import redirect_stdout
@@ -15,10 +16,13 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
+from fmnist_seq.atomic import write_bytes
 from fmnist_seq.checkpoint import Checkpoint
 from fmnist_seq.classes import CLASS_NAMES, IMAGE_SIZE
+from fmnist_seq.config import ExportConfig
 from fmnist_seq.errors import ExportError
 from fmnist_seq.runtime import INPUT_NAME, OUTPUT_NAMES, open_session, run
 
@@ -165,22 +169,12 @@ def benchmark(wrapper: PixelClassifier, sessions: dict[str, Any], pixels: np.nda
     return figures
 
 
-def save_model(model: onnx.ModelProto, path: str | Path) -> None:
-    from fmnist_seq.atomic import write_bytes
-
-    write_bytes(path, model.SerializeToString())
-
-
 def session_from_proto(model: onnx.ModelProto, providers: list[str]) -> Any:
     return open_session(model.SerializeToString(), providers)
 
 
 def quantized_bytes(model: onnx.ModelProto) -> bytes:
     """int8 dynamic quantization (weights int8, activations quantized on the fly); RNN/GRU nodes stay fp32."""
-    import tempfile
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model.SerializeToString())
@@ -194,3 +188,60 @@ def raw_pixels(images: torch.Tensor, mean: float, std: float) -> np.ndarray:
     if (pixels - (images * std + mean) * 255.0).abs().max() > 0.01:
         raise ExportError("prepared test images do not map back to whole pixel values; rerun `dvc repro prepare`")
     return pixels.clamp(0, 255).to(torch.uint8).numpy()
+
+
+def export_checkpoint(name: str, ckpt: Checkpoint, cfg: ExportConfig, pixels: np.ndarray, labels: np.ndarray,
+                      out_dir: str | Path, providers: list[str], log: Callable[[str], None] = print) -> dict:
+    """Export, verify on the CPU provider against PyTorch, then write `<name>.onnx`; return its figures.
+
+    Nothing is written unless onnxruntime and PyTorch agree on every test image.
+    """
+    wrapper = PixelClassifier(ckpt.model, ckpt.normalization.mean, ckpt.normalization.std)
+    exported = onnx.load_from_string(export_bytes(wrapper, cfg.exporters[name], cfg.opset))
+    cpu = session_from_proto(exported, ["CPUExecutionProvider"])
+    parity = check_parity(torch_outputs(wrapper, pixels), onnx_outputs(cpu, pixels), labels)
+    require_parity(name, parity, cfg.max_logit_diff)
+    final = with_metadata(exported.SerializeToString(),
+                          model_metadata(name, ckpt, parity.onnx_accuracy, cfg.exporters[name], cfg.opset))
+    out_path = Path(out_dir) / f"{name}.onnx"
+    write_bytes(out_path, final.SerializeToString())
+    sessions = {"onnxruntime_cpu": cpu}
+    if providers[0] == "CUDAExecutionProvider":
+        sessions["onnxruntime_cuda"] = session_from_proto(final, providers)
+        cuda_logits = onnx_outputs(sessions["onnxruntime_cuda"], pixels)
+        log(f"{name}: CUDA provider test accuracy {float((cuda_logits.argmax(1) == labels).mean()):.4f}")
+    figures: dict[str, Any] = {
+        "exporter": cfg.exporters[name], "opset": cfg.opset, "file_bytes": out_path.stat().st_size,
+        "max_logit_diff": parity.max_logit_diff, "mismatched_predictions": parity.mismatched_predictions,
+        "test_accuracy_onnxruntime": parity.onnx_accuracy, "test_accuracy_torch": parity.torch_accuracy,
+        "bench_batch_size": cfg.bench_batch_size,
+        **benchmark(wrapper, sessions, pixels, cfg.bench_batch_size, cfg.bench_seconds),
+    }
+    log(f"{name}: {out_path} ({figures['file_bytes'] / 1e6:.2f} MB), max |logit diff| "
+        f"{parity.max_logit_diff:.2e}, test accuracy {parity.onnx_accuracy:.4f}, onnxruntime "
+        f"{figures['onnxruntime_cpu_speedup']:.2f}x PyTorch at batch {cfg.bench_batch_size}")
+    if cfg.quantize:
+        figures["int8"] = quantize_variant(name, final, cfg, pixels, labels, parity.onnx_accuracy, out_dir, log)
+    return figures
+
+
+def quantize_variant(name: str, final: onnx.ModelProto, cfg: ExportConfig, pixels: np.ndarray, labels: np.ndarray,
+                     fp32_accuracy: float, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Write `<name>.int8.onnx` only if its test accuracy is within the allowed drop of fp32."""
+    int8 = onnx.load_from_string(quantized_bytes(final))
+    session = session_from_proto(int8, ["CPUExecutionProvider"])
+    accuracy = float((onnx_outputs(session, pixels).argmax(1) == labels).mean())
+    drop = fp32_accuracy - accuracy
+    kept = drop <= cfg.quantize_max_accuracy_drop
+    result: dict[str, Any] = {"test_accuracy": accuracy, "accuracy_drop": drop, "kept": kept,
+                              "file_bytes": len(int8.SerializeToString())}
+    if kept:
+        write_bytes(Path(out_dir) / f"{name}.int8.onnx", int8.SerializeToString())
+        fp32 = session_from_proto(final, ["CPUExecutionProvider"])
+        batch = pixels[:cfg.bench_batch_size]
+        fp32_s = time_per_call(lambda: run(fp32, batch), cfg.bench_seconds / 2)
+        int8_s = time_per_call(lambda: run(session, batch), cfg.bench_seconds / 2)
+        result["speedup_vs_fp32"] = round(fp32_s / int8_s, 3)
+    log(f"{name}: int8 variant {'kept' if kept else 'dropped'} (accuracy {accuracy:.4f}, "
+        f"drop {100 * drop:.2f} pts, {result['file_bytes'] / 1e6:.2f} MB)")
+    return result

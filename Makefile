@@ -1,0 +1,49 @@
+# Two commands for a new user:  `make repro` (set up on first use, then run the pipeline)
+#                               `make test`  (set up on first use, then run the test suite)
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATASET_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup dataset repro test node-example bench clean-venv
+
+setup: $(STAMP)
+
+# Reinstall when the pins change. Only packages come from the registries; data comes from `dvc repro`.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(MAKE) --no-print-directory dataset
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist where we may install it; otherwise the download stage uses the mirrors.
+dataset:
+	@if [ -d $(DATASET_DIR) ]; then \
+	  echo "dataset: using $(DATASET_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "dataset: could not install dataset-fashion-mnist; the download stage will try the HTTP mirrors"; \
+	else \
+	  echo "dataset: not root or no apt: run 'sudo apt-get install dataset-fashion-mnist', or let the"; \
+	  echo "         download stage fetch the files from the HTTP mirrors listed in params.yaml"; \
+	fi
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+# The Node.js example's dependencies (CPU build only: no CUDA download).
+node-example:
+	cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund
+
+bench: setup
+	$(BIN)/python bench/train_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,107 @@
+"""fmnist-predict: classify image files with an exported ONNX model (needs no PyTorch, no repository).
+
+Each image, of any size or colour mode, becomes 28x28 grayscale with the item light on a dark
+background, as in Fashion-MNIST: pass --dark-on-light for ordinary photos (dark item, light background).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fmnist_seq.errors import ExportError
+from fmnist_seq.runtime import metadata, open_session, run, select_providers
+
+SIZE = 28
+
+
+def to_pixels(path: str | Path, dark_on_light: bool = False) -> np.ndarray:
+    """A file -> uint8 (28, 28): grayscale, aspect kept by padding to a square with the background."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "P"):
+            # Transparent areas are background: flatten onto white for photos, black otherwise.
+            canvas = Image.new("RGBA", image.size, (255, 255, 255, 255) if dark_on_light else (0, 0, 0, 255))
+            image = Image.alpha_composite(canvas, image.convert("RGBA"))
+        gray = image.convert("L")
+    if dark_on_light:
+        gray = ImageOps.invert(gray)
+    side = max(gray.size)
+    square = Image.new("L", (side, side), 0)
+    square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
+    return np.asarray(square.resize((SIZE, SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+@dataclass
+class Prediction:
+    file: str
+    top: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def predict_files(session, files: list[str], top_k: int, dark_on_light: bool) -> list[Prediction]:
+    class_names = metadata(session).get("class_names") or [str(i) for i in range(10)]
+    results, pixels, good = [], [], []
+    for file in files:
+        prediction = Prediction(file=file)
+        try:
+            pixels.append(to_pixels(file, dark_on_light))
+            good.append(prediction)
+        except FileNotFoundError:
+            prediction.error = "file not found"
+        except UnidentifiedImageError:
+            prediction.error = "not an image file Pillow can read (PNG, JPEG, ...)"
+        except (OSError, ValueError) as exc:
+            prediction.error = f"cannot read image: {exc}"
+        results.append(prediction)
+    if pixels:
+        _, probabilities = run(session, np.stack(pixels))
+        for prediction, probs in zip(good, probabilities):
+            order = np.argsort(-probs)[:top_k]
+            prediction.top = [{"class": class_names[i], "index": int(i), "probability": float(probs[i])}
+                              for i in order]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="an exported .onnx file, e.g. models/onnx/gru.onnx")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...), any size or colour mode")
+    parser.add_argument("-k", "--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--dark-on-light", action="store_true",
+                        help="invert images that show a dark item on a light background (ordinary photos)")
+    parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="onnxruntime execution provider (default auto: CUDA if available)")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error("--top-k must be at least 1")
+    try:
+        session = open_session(args.model, select_providers(args.provider))
+    except ExportError as exc:
+        print(f"fmnist-predict: error: {exc}", file=sys.stderr)
+        return 2
+    results = predict_files(session, args.images, min(args.top_k, 10), args.dark_on_light)
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                print(f"{r.file}: error: {r.error}")
+            else:
+                print(f"{r.file}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r.top))
+    failed = [r for r in results if r.error]
+    for r in failed:
+        print(f"fmnist-predict: {r.file}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

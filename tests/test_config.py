@@ -1,0 +1,94 @@
+import copy
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from fmnist_seq.config import (DownloadConfig, ExportConfig, PrepareConfig, TrainConfig, build, load_block,
+                               load_export, load_seed)
+from fmnist_seq.errors import ParamsError
+
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_project_params_load():
+    assert build(DownloadConfig, PARAMS["download"], "download").sources
+    assert build(PrepareConfig, PARAMS["prepare"], "prepare").valid_ratio == 0.1
+    for block in ("train_rnn", "train_gru"):
+        cfg = build(TrainConfig, PARAMS[block], block)
+        assert cfg.model.hidden_size == 128
+    assert build(ExportConfig, PARAMS["export"], "export").models == ["rnn", "gru"]
+
+
+def _train(**changes):
+    block = copy.deepcopy(PARAMS["train_gru"])
+    for dotted, value in changes.items():
+        target = block
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return build(TrainConfig, block, "train_gru")
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"model__hidden_size": 0}, "train_gru.model.hidden_size = 0 is out of range: must be >= 1"),
+    ({"epochs": 0}, "train_gru.epochs = 0 is out of range"),
+    ({"optimizer": "adagrad"}, "train_gru.optimizer = 'adagrad' is not valid: expected one of 'adam', 'adamw', 'sgd'"),
+    ({"model__cell": "lstm"}, "train_gru.model.cell = 'lstm' is not valid"),
+    ({"lr": "fast"}, "train_gru.lr = 'fast' is not valid: expected a number"),
+    ({"batch_size": 12.5}, "train_gru.batch_size = 12.5 is not valid: expected an integer"),
+    ({"model__bidirectional": "yes"}, "expected true or false"),
+    ({"label_smoothing": 1.0}, "must be >= 0 and < 1"),
+])
+def test_bad_train_values_name_key_value_and_rule(changes, fragment):
+    with pytest.raises(ParamsError) as err:
+        _train(**changes)
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_is_rejected_with_allowed_keys():
+    block = {**PARAMS["train_gru"], "learning_rate": 0.1}
+    with pytest.raises(ParamsError, match=r"unknown key train_gru\.learning_rate; allowed keys in train_gru: model, optimizer"):
+        build(TrainConfig, block, "train_gru")
+
+
+def test_missing_required_key():
+    block = {k: v for k, v in PARAMS["train_gru"].items() if k != "model"}
+    with pytest.raises(ParamsError, match="missing key train_gru.model"):
+        build(TrainConfig, block, "train_gru")
+
+
+@pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.1])
+def test_valid_ratio_must_lie_strictly_between_0_and_1(ratio):
+    with pytest.raises(ParamsError, match=f"prepare.valid_ratio = {ratio}"):
+        build(PrepareConfig, {"valid_ratio": ratio}, "prepare")
+
+
+def test_empty_source_list_and_bad_hash():
+    block = copy.deepcopy(PARAMS["download"])
+    block["sources"] = []
+    with pytest.raises(ParamsError, match="download.sources is empty"):
+        build(DownloadConfig, block, "download")
+    block = copy.deepcopy(PARAMS["download"])
+    block["files"]["train-images-idx3-ubyte"]["sha256"] = "abc"
+    with pytest.raises(ParamsError, match="sha256 = 'abc' does not match"):
+        build(DownloadConfig, block, "download")
+
+
+def test_load_block_seed_and_export_from_file(tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params["export"]["exporters"] = {"rnn": "dynamo"}
+    params["seed"] = -3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert load_block(PrepareConfig, "prepare", path).valid_ratio == 0.1
+    with pytest.raises(ParamsError, match="export.exporters has no entry for 'gru'"):
+        load_export(path)
+    with pytest.raises(ParamsError, match="seed = -3"):
+        load_seed(path)
+    with pytest.raises(ParamsError, match="missing block 'nope'"):
+        load_block(PrepareConfig, "nope", path)
+    path.write_text("seed: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_seed(path)

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES, class_key
+from fmnist_seq.evaluation import classification_metrics, confusion, misclassified, predictions_csv, summary_markdown
+
+
+def test_metrics_agree_with_the_confusion_matrix():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (500,), generator=generator)
+    logits = torch.randn(500, 10, generator=generator)
+    logits[torch.arange(500), labels] += 1.5  # better than chance, not perfect
+    m = classification_metrics(logits, labels)
+    matrix = torch.tensor(m["confusion"])
+    assert matrix.sum() == 500
+    assert m["accuracy"] == pytest.approx(matrix.diag().sum().item() / 500)
+    for i, key in enumerate(CLASS_KEYS):
+        per = m["per_class"][key]
+        assert per["recall"] == pytest.approx(matrix[i, i].item() / matrix[i].sum().item())
+        assert per["precision"] == pytest.approx(matrix[i, i].item() / matrix[:, i].sum().item())
+        assert per["f1"] == pytest.approx(2 * per["precision"] * per["recall"] / (per["precision"] + per["recall"]))
+    assert m["macro_f1"] == pytest.approx(sum(v["f1"] for v in m["per_class"].values()) / 10)
+    assert m["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+
+
+def test_confusion_rows_are_actual_classes():
+    matrix = confusion(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]))
+    assert matrix[0, 2] == 1 and matrix[2, 0] == 0 and matrix.sum() == 3
+
+
+def test_class_absent_from_predictions_gets_zero_not_nan():
+    m = classification_metrics(torch.nn.functional.one_hot(torch.zeros(5, dtype=torch.long), 10).float(),
+                               torch.tensor([0, 1, 2, 3, 4]))
+    assert m["per_class"]["trouser"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_predictions_csv_uses_class_names():
+    text = predictions_csv(torch.tensor([0, 9]), torch.tensor([6, 9]))
+    assert text.splitlines() == ["actual,predicted", "T-shirt/top,Shirt", "Ankle boot,Ankle boot"]
+    assert class_key("T-shirt/top") == "t_shirt_top" and len(set(CLASS_KEYS)) == len(CLASS_NAMES)
+
+
+def test_misclassified_and_summary():
+    assert misclassified(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 0, 3, 0]), 5) == [1, 3]
+    per_class = {k: {"precision": 1.0, "recall": 1.0, "f1": 0.5 if k == "shirt" else 0.9} for k in CLASS_KEYS}
+    results = {name: {"test": {"accuracy": acc, "loss": 0.3, "macro_f1": 0.9, "per_class": per_class},
+                      "valid": {"accuracy": 0.9, "loss": 0.3}, "selected_epoch": 4}
+               for name, acc in (("rnn", 0.8912), ("gru", 0.9134))}
+    text = summary_markdown(results)
+    assert "| rnn | 89.12% | 88% | +1.12 pts |" in text
+    assert "gru beats rnn by 2.22 points" in text and "rnn: shirt" in text

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from conftest import NORM
+from fmnist_seq.checkpoint import load_checkpoint
+from fmnist_seq.classes import CLASS_NAMES
+from fmnist_seq.errors import ExportError
+from fmnist_seq.onnx_export import Parity, PixelClassifier, require_parity, torch_outputs
+from fmnist_seq.predict import main as predict_main, to_pixels
+from fmnist_seq.runtime import metadata, open_session, run, select_providers
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru"])
+def test_parity_and_figures(exported, name):
+    out, figures, pixels, labels = exported
+    f = figures[name]
+    assert f["mismatched_predictions"] == 0 and f["max_logit_diff"] < 1e-4
+    assert f["test_accuracy_onnxruntime"] == f["test_accuracy_torch"] > 0.3
+    assert f["onnxruntime_cpu_images_per_s"] > 0 and f["torch_latency_ms"] > 0
+    assert f["file_bytes"] == (out / f"{name}.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru"])
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_dynamic_batch_matches_pytorch(exported, name, batch):
+    out, _, pixels, _ = exported
+    session = open_session(out / f"{name}.onnx", ["CPUExecutionProvider"])
+    logits, probabilities = run(session, pixels[:batch])
+    assert logits.shape == (batch, 10) and probabilities.shape == (batch, 10)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    ckpt = load_checkpoint(out / f"{name}.pt")
+    reference = torch_outputs(PixelClassifier(ckpt.model, NORM.mean, NORM.std), pixels[:batch])
+    np.testing.assert_allclose(logits, reference, atol=1e-4)
+
+
+def test_input_contract_is_uint8_pixels(exported):
+    out, _, pixels, _ = exported
+    session = ort.InferenceSession(str(out / "gru.onnx"), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "pixels" and inp.type == "tensor(uint8)" and inp.shape[1:] == [28, 28]
+    assert isinstance(inp.shape[0], str)  # dynamic batch
+    assert [o.name for o in session.get_outputs()] == ["logits", "probabilities"]
+    with pytest.raises(Exception, match="(?i)type"):
+        session.run(None, {"pixels": pixels[:2].astype(np.float32)})
+
+
+def test_metadata_round_trip(exported):
+    out, figures, _, _ = exported
+    meta = metadata(open_session(out / "rnn.onnx", ["CPUExecutionProvider"]))
+    assert meta["class_names"] == list(CLASS_NAMES)
+    assert meta["input"]["dtype"] == "uint8" and "dark background" in meta["input"]["polarity"]
+    assert meta["normalization"]["mean"] == pytest.approx(NORM.mean)
+    assert meta["model_params"]["model"]["cell"] == "rnn"
+    assert meta["test_accuracy"] == figures["rnn"]["test_accuracy_onnxruntime"]
+    assert len(meta["git_commit"]) in (40, len("unknown"))
+    props = {p.key for p in onnx.load(out / "rnn.onnx").metadata_props}
+    assert {"class_names", "input", "normalization", "model_params", "test_accuracy", "git_commit"} <= props
+
+
+def test_quantized_variant_kept_only_within_tolerance(exported):
+    out, figures, _, _ = exported
+    for name in ("rnn", "gru"):
+        q = figures[name]["int8"]
+        assert q["kept"] == (q["accuracy_drop"] <= 0.05)
+        assert (out / f"{name}.int8.onnx").exists() == q["kept"]
+
+
+def test_parity_failure_is_a_clear_error():
+    with pytest.raises(ExportError, match=r"3 different predicted classes.*No model file was written"):
+        require_parity("gru", Parity(0.5, 3, 0.9, 0.91), 1e-4)
+
+
+def test_provider_selection():
+    assert select_providers("cpu") == ["CPUExecutionProvider"]
+    assert select_providers("auto")[-1] == "CPUExecutionProvider"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ExportError, match="onnxruntime-gpu"):
+            select_providers("cuda")
+
+
+# --- the prediction command -------------------------------------------------------------------
+
+def _save(path, array: np.ndarray, mode: str = "L") -> str:
+    image = Image.fromarray(array)
+    image = image.convert(mode) if mode != "L" else image
+    image.save(path)
+    return str(path)
+
+
+def test_to_pixels_resizes_and_handles_polarity(tmp_path):
+    photo = np.full((90, 60, 3), 255, dtype=np.uint8)  # white background, dark item
+    photo[20:70, 10:50] = 10
+    path = _save(tmp_path / "photo.jpg", photo, "RGB")
+    inverted = to_pixels(path, dark_on_light=True)
+    assert inverted.shape == (28, 28) and inverted.dtype == np.uint8
+    assert inverted[14, 14] > 200 and inverted[14, 0] < 30  # item light, padding dark
+    assert to_pixels(path)[14, 14] < 40  # without the option the item stays dark
+
+
+def test_predict_command_text_json_and_bad_files(exported, tmp_path, capsys):
+    out, _, pixels, labels = exported
+    png = _save(tmp_path / "item.png", pixels[0])
+    jpg = _save(tmp_path / "big.jpg", np.kron(pixels[1], np.ones((4, 4), dtype=np.uint8)), "RGB")
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    code = predict_main([str(out / "gru.onnx"), png, jpg, str(not_image), str(tmp_path / "missing.png"),
+                         "--json", "-k", "2"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [r["error"] is None for r in result] == [True, True, False, False]
+    assert "not an image" in result[2]["error"] and result[3]["error"] == "file not found"
+    assert len(result[0]["top"]) == 2 and result[0]["top"][0]["class"] in CLASS_NAMES
+    assert result[0]["top"][0]["probability"] >= result[0]["top"][1]["probability"]
+    session = open_session(out / "gru.onnx", ["CPUExecutionProvider"])
+    expected = CLASS_NAMES[int(run(session, pixels[:1])[0].argmax())]
+    assert result[0]["top"][0]["class"] == expected  # a 28x28 PNG is fed exactly as its pixels
+    assert predict_main([str(out / "rnn.onnx"), png]) == 0
+    assert capsys.readouterr().out.startswith(f"{png}: ")
+
+
+def test_predict_command_broken_model(tmp_path, capsys):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x01garbage")
+    assert predict_main([str(broken), "x.png"]) == 2
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+    assert predict_main([str(tmp_path / "none.onnx"), "x.png"]) == 2
+    assert "model file not found" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""The Node.js example (onnxruntime-node) classifies the same images as Python, with the same accuracy."""
+
+import gzip
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, idx_bytes
+from fmnist_seq.onnx_export import onnx_outputs
+from fmnist_seq.runtime import open_session
+
+EXAMPLE = ROOT / "examples" / "node"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (EXAMPLE / "node_modules" / "onnxruntime-node").is_dir(),
+    reason="needs Node.js and `make node-example` (npm ci in examples/node)")
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru"])
+def test_node_accuracy_matches_python(exported, tmp_path, name):
+    out, _, pixels, labels = exported
+    images, label_file = tmp_path / "images.gz", tmp_path / "labels"
+    images.write_bytes(gzip.compress(idx_bytes(pixels)))
+    label_file.write_bytes(idx_bytes(labels.astype(np.uint8)))
+    result = subprocess.run(["node", str(EXAMPLE / "classify.mjs"), str(out / f"{name}.onnx"), str(images),
+                             str(label_file), "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    logits = onnx_outputs(open_session(out / f"{name}.onnx", ["CPUExecutionProvider"]), pixels)
+    assert report["images"] == len(labels)
+    assert report["correct"] == int((logits.argmax(1) == labels).sum())
+    assert report["first_predictions"][0] in json.loads(
+        open_session(out / f"{name}.onnx", ["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map["class_names"])
+
+
+def test_node_reports_bad_input(tmp_path):
+    bogus = tmp_path / "x.idx"
+    bogus.write_bytes(b"\x00\x00\x09\x03" + b"\x00" * 16)
+    result = subprocess.run(["node", str(EXAMPLE / "classify.mjs"), "missing.onnx", str(bogus), str(bogus)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "not an IDX ubyte file" in result.stderr
