@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import tempfile
 import time
@@ -146,6 +147,22 @@ def time_per_call(fn: Callable[[], Any], seconds: float) -> float:
     return float(np.median(times))
 
 
+def matmul_gflops(seconds: float, size: int = 1024) -> dict[str, float]:
+    """fp32 matmul rate of PyTorch and of onnxruntime (CPU) on this machine: the ceiling both engines share."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [size, size])],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [size, size])],
+        [onnx.numpy_helper.from_array(a, "b")])
+    session = open_session(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+                           .SerializeToString(), ["CPUExecutionProvider"])
+    ta = torch.from_numpy(a)
+    flops = 2 * size ** 3
+    return {"matmul_gflops_torch": round(flops / time_per_call(lambda: ta @ ta, seconds) / 1e9, 1),
+            "matmul_gflops_onnxruntime": round(flops / time_per_call(lambda: session.run(None, {"a": a}), seconds) / 1e9, 1)}
+
+
 def benchmark(wrapper: PixelClassifier, sessions: dict[str, Any], pixels: np.ndarray, batch_size: int,
               seconds: float) -> dict[str, float]:
     """Throughput at `batch_size` and single-image latency, each engine timed in alternating rounds."""
@@ -175,10 +192,16 @@ def session_from_proto(model: onnx.ModelProto, providers: list[str]) -> Any:
 
 def quantized_bytes(model: onnx.ModelProto) -> bytes:
     """int8 dynamic quantization (weights int8, activations quantized on the fly); RNN/GRU nodes stay fp32."""
+    root = logging.getLogger()
+    level = root.level
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model.SerializeToString())
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        root.setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process is noise in the stage log
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         return dst.read_bytes()
 
 
@@ -216,12 +239,16 @@ def export_checkpoint(name: str, ckpt: Checkpoint, cfg: ExportConfig, pixels: np
         "test_accuracy_onnxruntime": parity.onnx_accuracy, "test_accuracy_torch": parity.torch_accuracy,
         "bench_batch_size": cfg.bench_batch_size,
         **benchmark(wrapper, sessions, pixels, cfg.bench_batch_size, cfg.bench_seconds),
+        **matmul_gflops(cfg.bench_seconds / 4),
     }
     log(f"{name}: {out_path} ({figures['file_bytes'] / 1e6:.2f} MB), max |logit diff| "
         f"{parity.max_logit_diff:.2e}, test accuracy {parity.onnx_accuracy:.4f}, onnxruntime "
         f"{figures['onnxruntime_cpu_speedup']:.2f}x PyTorch at batch {cfg.bench_batch_size}")
-    if cfg.quantize:
+    if name in cfg.quantize:
         figures["int8"] = quantize_variant(name, final, cfg, pixels, labels, parity.onnx_accuracy, out_dir, log)
+        if "images_per_s" in figures["int8"]:
+            figures["int8"]["speedup_vs_torch"] = round(
+                figures["int8"]["images_per_s"] / figures["torch_images_per_s"], 3)
     return figures
 
 
@@ -241,6 +268,7 @@ def quantize_variant(name: str, final: onnx.ModelProto, cfg: ExportConfig, pixel
         batch = pixels[:cfg.bench_batch_size]
         fp32_s = time_per_call(lambda: run(fp32, batch), cfg.bench_seconds / 2)
         int8_s = time_per_call(lambda: run(session, batch), cfg.bench_seconds / 2)
+        result["images_per_s"] = round(len(batch) / int8_s, 1)
         result["speedup_vs_fp32"] = round(fp32_s / int8_s, 3)
     log(f"{name}: int8 variant {'kept' if kept else 'dropped'} (accuracy {accuracy:.4f}, "
         f"drop {100 * drop:.2f} pts, {result['file_bytes'] / 1e6:.2f} MB)")
