@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -77,17 +79,26 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_mirror(synthetic_dir):
-    """Serve the synthetic .gz files on 127.0.0.1; yields (url, folder, files spec)."""
-    folder, files = synthetic_dir
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serve `folder` over HTTP on 127.0.0.1 (a free port); yields the base URL."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", folder, files
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_mirror(synthetic_dir):
+    """The synthetic .gz files served on 127.0.0.1; yields (url, folder, files spec)."""
+    folder, files = synthetic_dir
+    with serve(folder) as url:
+        yield url, folder, files
 
 
 # Small models and short runs: the whole DAG in well under a minute on two cores.
@@ -127,12 +138,9 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, check=check)
 
 
-@pytest.fixture
-def project(tmp_path: Path, http_mirror) -> Path:
-    """A fresh git + DVC copy of the project whose download sources point at the local mirror."""
-    url, folder, files = http_mirror
-    dest = tmp_path / "project"
-    dest.mkdir()
+def make_project(dest: Path, url: str, files: dict) -> Path:
+    """A fresh git + DVC copy of the project at `dest` whose download source is `url`."""
+    dest.mkdir(parents=True)
     for item in ("dvc.yaml", "params.yaml", "stages", "src"):
         source = ROOT / item
         if source.is_dir():
@@ -141,14 +149,24 @@ def project(tmp_path: Path, http_mirror) -> Path:
             shutil.copy2(source, dest / item)
     write_params(dest, deep_update({"download": {"sources": [url], "files": files, "timeout_s": 5, "retries": 0}},
                                    FAST_PARAMS))
-    run(["git", "init", "-q"], cwd=dest)
+    run(["git", "init", "-q", "-b", "main"], cwd=dest)
     run(["git", "config", "user.email", "test@example.com"], cwd=dest)
     run(["git", "config", "user.name", "test"], cwd=dest)
     dvc("init", "-q", cwd=dest)
     dvc("config", "core.analytics", "false", cwd=dest)
-    run(["git", "add", "-A"], cwd=dest)
-    run(["git", "commit", "-qm", "init"], cwd=dest)
+    commit(dest, "init")
     return dest
+
+
+def commit(project: Path, message: str) -> None:
+    run(["git", "add", "-A"], cwd=project)
+    run(["git", "commit", "-qm", message], cwd=project)
+
+
+@pytest.fixture
+def project(tmp_path: Path, http_mirror) -> Path:
+    url, _, files = http_mirror
+    return make_project(tmp_path / "project", url, files)
 
 
 # --- tiny trained and exported models, shared by the export, predict and Node.js tests ----------

@@ -6,7 +6,7 @@ from collections import Counter
 
 import onnxruntime as ort
 
-from conftest import NAMES, dvc, run, write_params
+from conftest import NAMES, commit, dvc, write_params
 from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES
 
 STAGES = ("download", "prepare", "train_rnn", "train_gru", "evaluate", "export")
@@ -54,8 +54,7 @@ def test_full_pipeline_reruns_only_what_changed(project):
     shown = dvc("metrics", "show", "--json", cwd=project)
     assert "gru" in shown.stdout and "accuracy" in shown.stdout
     dvc("plots", "show", "--json", cwd=project)
-    run(["git", "add", "-A"], cwd=project)  # the baseline that `dvc metrics diff` compares against
-    run(["git", "commit", "-qm", "baseline"], cwd=project)
+    commit(project, "baseline")  # what `dvc metrics diff` compares against
 
     # Changing one model's parameter reruns that model's training, never the other's.
     write_params(project, {"train_gru": {"lr": 0.02}})
