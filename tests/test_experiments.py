@@ -1,0 +1,84 @@
+"""Experiments at scale on the synthetic pipeline: a shared DVC remote, `dvc exp push/pull`, the queue."""
+
+import json
+import time
+
+import pytest
+
+from conftest import commit, dvc, make_dataset, make_project, run, serve
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A tiny project after a full `dvc repro`, committed, with a local folder as its default DVC remote."""
+    root = tmp_path_factory.mktemp("experiments")
+    files = make_dataset(root / "mirror")
+    with serve(root / "mirror") as url:
+        project = make_project(root / "project", url, files)
+        dvc("repro", cwd=project)
+        dvc("remote", "add", "-d", "storage", str(root / "dvc-storage"), cwd=project)
+        commit(project, "baseline")
+        yield project, root
+
+
+def test_push_then_fresh_clone_pulls_everything_without_retraining(reproduced):
+    project, root = reproduced
+    dvc("push", cwd=project)
+    clone = root / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], cwd=root)
+    assert not (clone / "models/onnx/gru.onnx").exists()
+    dvc("pull", cwd=clone)
+    assert (clone / "models/onnx/gru.onnx").read_bytes() == (project / "models/onnx/gru.onnx").read_bytes()
+    assert (clone / "models/rnn.pt").is_file() and (clone / "data/prepared/test.pt").is_file()
+    assert "up to date" in dvc("status", cwd=clone).stdout
+    again = dvc("repro", cwd=clone)
+    assert "Running stage" not in again.stdout
+
+
+def test_experiment_push_and_pull_through_git_remote(reproduced):
+    project, root = reproduced
+    bare = root / "origin.git"
+    run(["git", "init", "-q", "--bare", str(bare)], cwd=root)
+    run(["git", "remote", "add", "origin", str(bare)], cwd=project)
+    run(["git", "push", "-q", "origin", "main"], cwd=project)
+    dvc("exp", "run", "-n", "short-gru", "-S", "train_gru.epochs=2", cwd=project)
+    dvc("exp", "push", "origin", "short-gru", cwd=project)  # git refs to origin, cache to the DVC remote
+    run(["git", "checkout", "-q", "--", "."], cwd=project)  # leave the workspace at the baseline
+    dvc("checkout", "-q", cwd=project)
+
+    teammate = root / "teammate"
+    run(["git", "clone", "-q", str(bare), str(teammate)], cwd=root)
+    dvc("exp", "pull", "origin", "short-gru", cwd=teammate)
+    shown = json.loads(dvc("exp", "show", "--json", cwd=teammate).stdout)
+    names = {exp.get("name") for rev in shown for exp in (rev.get("experiments") or [])}
+    assert "short-gru" in names
+    dvc("exp", "apply", "short-gru", cwd=teammate)
+    assert "epochs: 2" in (teammate / "params.yaml").read_text().split("train_gru:")[1].split("evaluate:")[0]
+    assert (teammate / "models/gru.pt").is_file()  # the experiment's outputs came from the remote
+
+
+def _queue_states(project) -> dict[str, str]:
+    lines = dvc("queue", "status", cwd=project).stdout.splitlines()
+    states = {}
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] in {"Queued", "Running", "Success", "Failed"}:
+            states[parts[1]] = parts[2]
+    return states
+
+
+def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
+    project, _ = reproduced
+    dvc("exp", "run", "--queue", "-n", "bad-layers", "-S", "train_gru.model.num_layers=0", cwd=project)
+    dvc("exp", "run", "--queue", "-n", "good-dropout", "-S", "train_gru.model.dropout=0.3", cwd=project)
+    dvc("queue", "start", "-j", "1", cwd=project)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        states = _queue_states(project)
+        if states and all(s in {"Success", "Failed"} for s in states.values()):
+            break
+        time.sleep(2)
+    dvc("queue", "stop", cwd=project, check=False)
+    assert states.get("bad-layers") == "Failed" and states.get("good-dropout") == "Success", states
+    log = dvc("queue", "logs", "bad-layers", cwd=project, check=False).stdout
+    assert "train_gru.model.num_layers = 0 is out of range: must be >= 1" in log
