@@ -44,6 +44,7 @@ node-example:
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/exporters.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,29 +19,41 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+SWEPT = ("num_layers", "hidden_size")
+
+
+def _record(entry: dict) -> dict:
+    data = entry.get("data") or {}
+    return {"name": entry.get("name") or entry.get("rev", "")[:7],
+            "params": (data.get("params") or {}).get("params.yaml", {}).get("data", {}),
+            "metrics": {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}}
+
+
 def experiments(raw: list[dict]) -> list[dict]:
-    """Flatten dvc exp show --json into {name, params, metrics} records."""
+    """Flatten dvc exp show --json into {name, params, metrics, baseline} records."""
     found = []
-
-    def visit(entry: dict) -> None:
-        data = entry.get("data") or {}
-        params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-        metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
-        if params and metrics:
-            found.append({"name": entry.get("name") or entry.get("rev", "")[:7], "params": params, "metrics": metrics})
-
     for commit in raw:
+        baseline = _record(commit)["params"]
         for group in commit.get("experiments") or []:
             for rev in group.get("revs") or []:
-                visit(rev)
+                record = _record(rev)
+                if record["params"] and record["metrics"]:
+                    found.append({**record, "baseline": baseline})
     return found
+
+
+def _recipe(block: dict) -> dict:
+    """A train block without the swept keys and epochs: experiments of one sweep share it."""
+    model = {k: v for k, v in block.get("model", {}).items() if k not in SWEPT}
+    return {**{k: v for k, v in block.items() if k not in ("model", "epochs")}, "model": model}
 
 
 def rows_for(model: str, exps: list[dict], epochs: int) -> list[dict]:
     rows = []
     for exp in exps:
         block = exp["params"].get(f"train_{model}", {})
-        if block.get("epochs") != epochs:
+        # The sweep's runs: shorter training, otherwise the baseline's recipe (not e.g. report-recipe).
+        if block.get("epochs") != epochs or _recipe(block) != _recipe(exp["baseline"].get(f"train_{model}", {})):
             continue
         train = exp["metrics"].get(f"results/train/{model}/metrics.json", {})
         evaluated = exp["metrics"].get("results/evaluate/metrics.json", {}).get(model, {})
@@ -91,7 +103,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs the sweep trained for (default 4)")
     parser.add_argument("--out", default="docs", help="folder for layer_study_table.md and layer_study.png")
     args = parser.parse_args()
-    raw = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
+    raw = json.loads(subprocess.run(["dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True,
                                     check=True).stdout)
     exps = experiments(raw)
     gru, rnn = rows_for("gru", exps, args.epochs), rows_for("rnn", exps, args.epochs)

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+import torch
+
 from fmnist_seq.atomic import write_json, write_text
 from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
@@ -12,7 +14,6 @@ from fmnist_seq.evaluation import classification_metrics, misclassified, predict
 from fmnist_seq.plots import confusion_matrix, image_grid, per_class_accuracy, save_png
 from fmnist_seq.stage import run_stage
 from fmnist_seq.training import predict_logits
-import torch
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--data", required=True, help="prepared data folder (test.pt)")

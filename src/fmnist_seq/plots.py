@@ -25,14 +25,15 @@ def save_png(fig: Figure, path: str | Path) -> None:
 def image_grid(images: np.ndarray, titles: Sequence[str], columns: int, suptitle: str) -> Figure:
     """A grid of grayscale images (N, 28, 28), each with its title."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    # constrained layout leaves room for two-line titles; tight_layout let them overlap the row above.
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
         ax.imshow(image, cmap="gray")
         ax.set_title(title, fontsize=8)
     fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
