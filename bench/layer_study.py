@@ -2,8 +2,9 @@
 
 Run the sweep first (see docs/layer_study.md), then:
   python bench/layer_study.py --epochs 4 --out docs
-It picks the experiments whose swept model was trained for --epochs epochs, and writes
-docs/layer_study.md (a table) and docs/layer_study.png (test accuracy and train-valid gap).
+It picks the experiments whose swept model was trained for --epochs epochs with the baseline's recipe,
+and writes docs/layer_study_table.md (the tables that docs/layer_study.md quotes) and
+docs/layer_study.png (test accuracy and train-valid gap).
 """
 
 from __future__ import annotations

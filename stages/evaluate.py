@@ -8,7 +8,7 @@ import torch
 from fmnist_seq.atomic import write_json, write_text
 from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
-from fmnist_seq.config import EvaluateConfig, TrainConfig, load_block
+from fmnist_seq.config import MODEL_NAMES, EvaluateConfig, TrainConfig, load_block
 from fmnist_seq.data import load_split
 from fmnist_seq.evaluation import classification_metrics, misclassified, predictions_csv, summary_markdown
 from fmnist_seq.plots import confusion_matrix, image_grid, per_class_accuracy, save_png
@@ -21,6 +21,9 @@ parser.add_argument("--checkpoint", required=True, action="append", metavar="NAM
                     help="a model to evaluate, e.g. gru=models/gru.pt (repeatable)")
 parser.add_argument("--out", required=True, help="folder for metrics, predictions, figures and summary")
 args = parser.parse_args()
+for spec in args.checkpoint:
+    if spec.partition("=")[0] not in MODEL_NAMES or not spec.partition("=")[2]:
+        parser.error(f"--checkpoint {spec!r}: expected NAME=PATH with NAME one of {', '.join(MODEL_NAMES)}")
 
 
 def main() -> None:

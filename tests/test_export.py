@@ -121,6 +121,10 @@ def test_predict_command_text_json_and_bad_files(exported, tmp_path, capsys):
     assert result[0]["top"][0]["class"] == expected  # a 28x28 PNG is fed exactly as its pixels
     assert predict_main([str(out / "rnn.onnx"), png]) == 0
     assert capsys.readouterr().out.startswith(f"{png}: ")
+    assert predict_main([str(out / "rnn.onnx"), png, str(tmp_path / "missing.png")]) == 1
+    text = capsys.readouterr()
+    assert text.out.count("\n") == 1 and text.out.startswith(f"{png}: ")  # predictions only
+    assert text.err.count("missing.png") == 1 and "file not found" in text.err
 
 
 def test_predict_command_broken_model(tmp_path, capsys):

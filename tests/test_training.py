@@ -109,3 +109,8 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         load_checkpoint(truncated, GRU)
     with pytest.raises(CheckpointError, match="missing.pt is missing"):
         load_checkpoint(tmp_path / "missing.pt")
+    blob = torch.load(path, weights_only=True)
+    del blob["valid"]
+    torch.save(blob, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="old.pt is not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "old.pt")

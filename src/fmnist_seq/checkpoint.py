@@ -53,7 +53,11 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Ch
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         stored = build(ModelConfig, blob["model_config"], f"{path}:model_config")
-    except (ParamsError, KeyError, TypeError) as exc:
+        norm = Normalization(float(blob["normalization"]["mean"]), float(blob["normalization"]["std"]))
+        fields = {"selected_epoch": int(blob["selected_epoch"]), "valid": dict(blob["valid"]),
+                  "train_params": blob["train_params"], "history": list(blob["history"])}
+        state_dict = blob["state_dict"]
+    except (ParamsError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a checkpoint of this project ({exc}); rerun its training stage") from None
     except Exception as exc:  # truncated zip, foreign pickle, ...
         raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); "
@@ -65,13 +69,10 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Ch
                               + "; ".join(diffs) + "): rerun its training stage (`dvc repro`)")
     model = SequenceClassifier(stored)
     try:
-        model.load_state_dict(blob["state_dict"])
+        model.load_state_dict(state_dict)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{path}: weights do not fit the architecture {stored}: "
                               f"{' '.join(s.strip() for s in first[:3])}") from None
     model.eval()
-    norm = blob["normalization"]
-    return Checkpoint(model=model, model_config=stored, normalization=Normalization(norm["mean"], norm["std"]),
-                      selected_epoch=int(blob["selected_epoch"]), valid=dict(blob["valid"]),
-                      train_params=blob["train_params"], history=list(blob["history"]))
+    return Checkpoint(model=model, model_config=stored, normalization=norm, **fields)

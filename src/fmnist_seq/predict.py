@@ -89,18 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fmnist-predict: error: {exc}", file=sys.stderr)
         return 2
     results = predict_files(session, args.images, min(args.top_k, 10), args.dark_on_light)
-    if args.json:
+    if args.json:  # one document with every file, errors included
         print(json.dumps([vars(r) for r in results], indent=2))
-    else:
+    else:  # predictions on stdout, each failed file once on stderr
         for r in results:
             if r.error:
-                print(f"{r.file}: error: {r.error}")
+                print(f"fmnist-predict: {r.file}: error: {r.error}", file=sys.stderr)
             else:
                 print(f"{r.file}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r.top))
-    failed = [r for r in results if r.error]
-    for r in failed:
-        print(f"fmnist-predict: {r.file}: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if any(r.error for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from fmnist_seq.errors import ExportError
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
 
-CUDA_HINT = ("install the GPU build: `pip uninstall -y onnxruntime && pip install onnxruntime-gpu` "
+CUDA_HINT = ("install the GPU build: `pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.32.0` "
              "(needs an NVIDIA driver and the CUDA/cuDNN libraries it names), or use provider cpu")
 
 
