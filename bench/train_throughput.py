@@ -9,7 +9,7 @@ Prints one JSON line per model:
   matmul_gflops        fp32 matmul rate of this machine, measured in the same run
   share_of_matmul      achieved_gflops / matmul_gflops
 
-Usage: python bench/train_throughput.py [--steps 40] [--models rnn gru]
+Usage: python bench/train_throughput.py [--steps 100] [--models rnn gru]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def seconds_to_valid_accuracy(checkpoint: Path, target: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps per model (default 40)")
+    parser.add_argument("--steps", type=int, default=100, help="timed training steps per model (default 100)")
     parser.add_argument("--models", nargs="+", default=["rnn", "gru"], help="which models (default both)")
     parser.add_argument("--data", default="data/prepared", help="prepared data folder (random data if absent)")
     parser.add_argument("--checkpoints", default="models", help="folder of <name>.pt from the last dvc repro")
