@@ -4,9 +4,12 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The newest GPU build (it trails the CPU build by a release): CUDA 13 and cuDNN 9, the majors of the
+# nvidia-* wheels that the pinned PyTorch installs. Keep in step with CUDA_HINT in src/fmnist_seq/runtime.py.
+ORT_GPU := onnxruntime-gpu[cuda,cudnn]==1.31.1
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset repro test node-example bench clean-venv
+.PHONY: setup dataset repro test node-example bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
 setup: $(STAMP)
 
@@ -45,6 +48,18 @@ node-example:
 bench: setup
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/exporters.py
+
+# Swap onnxruntime's CPU build for the GPU build (same Python package name, so one replaces the other),
+# and back. The GPU build falls back to the CPU where no GPU or driver is found.
+onnxruntime-gpu: setup
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime
+	$(BIN)/python -m pip install --quiet '$(ORT_GPU)'
+	$(BIN)/python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
+
+onnxruntime-cpu: setup
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime-gpu
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
 clean-venv:
 	rm -rf $(VENV)

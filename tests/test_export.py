@@ -1,18 +1,21 @@
+import dataclasses
 import json
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from PIL import Image
 
 from conftest import NORM
 from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
 from fmnist_seq.errors import ExportError
-from fmnist_seq.onnx_export import Parity, PixelClassifier, require_parity, torch_outputs
+from fmnist_seq.config import ExportConfig
+from fmnist_seq.onnx_export import Parity, PixelClassifier, export_checkpoint, require_parity, torch_outputs
 from fmnist_seq.predict import main as predict_main, to_pixels
-from fmnist_seq.runtime import metadata, open_session, run, select_providers
+from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru"])
@@ -81,6 +84,46 @@ def test_provider_selection():
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(ExportError, match="onnxruntime-gpu"):
             select_providers("cuda")
+
+
+# Without a working GPU, onnxruntime (CPU build, or the GPU build missing a driver) quietly runs a CUDA
+# session on the CPU; these pin down what the package makes of that.
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: CUDA would start")
+
+
+@no_gpu
+def test_required_provider_that_does_not_start_is_an_error(exported):
+    out = exported[0]
+    with pytest.raises(ExportError, match=r"could not start CUDAExecutionProvider.*onnxruntime-gpu"):
+        open_session(out / "gru.onnx", [CUDA, CPU], require=True)
+    assert active_provider(open_session(out / "gru.onnx", [CUDA, CPU])) == CPU  # what `auto` gets
+
+
+@no_gpu
+def test_export_with_cuda_that_does_not_start(exported, tmp_path):
+    out, _, pixels, labels = exported
+    ckpt = load_checkpoint(out / "gru.pt")
+    cfg = ExportConfig(models=["gru"], exporters={"gru": "dynamo"}, bench_seconds=0.02, bench_batch_size=32,
+                       quantize=[], provider="auto")
+    lines: list[str] = []
+    figures = export_checkpoint("gru", ckpt, cfg, pixels, labels, tmp_path, [CUDA, CPU], log=lines.append)
+    assert not any(key.startswith("onnxruntime_cuda") for key in figures)  # no CPU figures passed off as CUDA
+    assert "test_accuracy_onnxruntime_cuda" not in figures
+    assert any("CUDA provider did not start" in line for line in lines)
+    strict = dataclasses.replace(cfg, provider="cuda")
+    with pytest.raises(ExportError, match="could not start CUDAExecutionProvider"):
+        export_checkpoint("gru", ckpt, strict, pixels, labels, tmp_path / "strict", [CUDA, CPU], log=lines.append)
+    assert not (tmp_path / "strict" / "gru.onnx").exists()
+
+
+@no_gpu
+def test_predict_command_cuda_without_gpu(exported, tmp_path, capsys):
+    out, _, pixels, _ = exported
+    png = _save(tmp_path / "item.png", pixels[0])
+    assert predict_main([str(out / "gru.onnx"), png, "--provider", "cuda"]) == 2
+    assert "onnxruntime-gpu" in capsys.readouterr().err
+    assert predict_main([str(out / "gru.onnx"), png, "--provider", "auto", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["error"] is None  # fallback notes stay off stdout
 
 
 # --- the prediction command -------------------------------------------------------------------

@@ -25,7 +25,7 @@ from fmnist_seq.checkpoint import Checkpoint
 from fmnist_seq.classes import CLASS_NAMES, IMAGE_SIZE
 from fmnist_seq.config import ExportConfig
 from fmnist_seq.errors import ExportError
-from fmnist_seq.runtime import INPUT_NAME, OUTPUT_NAMES, open_session, run
+from fmnist_seq.runtime import CUDA, INPUT_NAME, OUTPUT_NAMES, active_provider, open_session, run
 
 
 class PixelClassifier(nn.Module):
@@ -155,8 +155,10 @@ def matmul_gflops(seconds: float, size: int = 1024) -> dict[str, float]:
         [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [size, size])],
         [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [size, size])],
         [onnx.numpy_helper.from_array(a, "b")])
-    session = open_session(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
-                           .SerializeToString(), ["CPUExecutionProvider"])
+    # IR 10, as the exporter writes: make_model's default is the installed onnx's newest, too new for
+    # some onnxruntime builds this package supports (onnxruntime-gpu trails the CPU build).
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10)
+    session = open_session(model.SerializeToString(), ["CPUExecutionProvider"])
     ta = torch.from_numpy(a)
     flops = 2 * size ** 3
     return {"matmul_gflops_torch": round(flops / time_per_call(lambda: ta @ ta, seconds) / 1e9, 1),
@@ -186,23 +188,32 @@ def benchmark(wrapper: PixelClassifier, sessions: dict[str, Any], pixels: np.nda
     return figures
 
 
-def session_from_proto(model: onnx.ModelProto, providers: list[str]) -> Any:
-    return open_session(model.SerializeToString(), providers)
+def session_from_proto(model: onnx.ModelProto, providers: list[str], require: bool = False) -> Any:
+    return open_session(model.SerializeToString(), providers, require=require)
 
 
 def quantized_bytes(model: onnx.ModelProto) -> bytes:
     """int8 dynamic quantization (weights int8, activations quantized on the fly); RNN/GRU nodes stay fp32."""
     root = logging.getLogger()
     level = root.level
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    # The exporter's intermediate shape annotations are optional, and some onnxruntime quantizers (1.31, the
+    # newest GPU build) reject them in their shape inference; without them the shapes are inferred afresh.
+    del source.graph.value_info[:]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(model.SerializeToString())
+        src.write_bytes(source.SerializeToString())
         root.setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process is noise in the stage log
         try:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
-        return dst.read_bytes()
+        quantized = onnx.load_from_string(dst.read_bytes())
+    # Some quantizers stamp the newest IR version of the installed onnx package, which older onnxruntime
+    # builds (onnxruntime-gpu, onnxruntime-node) cannot load; the quantized operators need nothing newer.
+    quantized.ir_version = model.ir_version
+    return quantized.SerializeToString()
 
 
 def raw_pixels(images: torch.Tensor, mean: float, std: float) -> np.ndarray:
@@ -226,17 +237,21 @@ def export_checkpoint(name: str, ckpt: Checkpoint, cfg: ExportConfig, pixels: np
     require_parity(name, parity, cfg.max_logit_diff)
     final = with_metadata(exported.SerializeToString(),
                           model_metadata(name, ckpt, parity.onnx_accuracy, cfg.exporters[name], cfg.opset))
+    sessions, extra = {"onnxruntime_cpu": cpu}, {}
+    if providers[0] == CUDA:  # before writing, so that a required CUDA provider that fails leaves no file
+        cuda = session_from_proto(final, providers, require=cfg.provider == "cuda")
+        if active_provider(cuda) == CUDA:
+            sessions["onnxruntime_cuda"] = cuda
+            extra["test_accuracy_onnxruntime_cuda"] = float((onnx_outputs(cuda, pixels).argmax(1) == labels).mean())
+            log(f"{name}: CUDA provider test accuracy {extra['test_accuracy_onnxruntime_cuda']:.4f}")
+        else:  # provider auto: onnxruntime fell back to the CPU, so there is nothing more to measure
+            log(f"{name}: onnxruntime's CUDA provider did not start (see its message above); CPU figures only")
     out_path = Path(out_dir) / f"{name}.onnx"
     write_bytes(out_path, final.SerializeToString())
-    sessions = {"onnxruntime_cpu": cpu}
-    if providers[0] == "CUDAExecutionProvider":
-        sessions["onnxruntime_cuda"] = session_from_proto(final, providers)
-        cuda_logits = onnx_outputs(sessions["onnxruntime_cuda"], pixels)
-        log(f"{name}: CUDA provider test accuracy {float((cuda_logits.argmax(1) == labels).mean()):.4f}")
     figures: dict[str, Any] = {
         "exporter": cfg.exporters[name], "opset": cfg.opset, "file_bytes": out_path.stat().st_size,
         "max_logit_diff": parity.max_logit_diff, "mismatched_predictions": parity.mismatched_predictions,
-        "test_accuracy_onnxruntime": parity.onnx_accuracy, "test_accuracy_torch": parity.torch_accuracy,
+        "test_accuracy_onnxruntime": parity.onnx_accuracy, "test_accuracy_torch": parity.torch_accuracy, **extra,
         "bench_batch_size": cfg.bench_batch_size,
         **benchmark(wrapper, sessions, pixels, cfg.bench_batch_size, cfg.bench_seconds),
         **matmul_gflops(cfg.bench_seconds / 4),

@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dark-on-light", action="store_true",
                         help="invert images that show a dark item on a light background (ordinary photos)")
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="onnxruntime execution provider (default auto: CUDA if available)")
+                        help="onnxruntime execution provider (default auto: CUDA if it starts, else the CPU; "
+                             "cuda: fail rather than fall back)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     try:
-        session = open_session(args.model, select_providers(args.provider))
+        session = open_session(args.model, select_providers(args.provider), require=args.provider == "cuda")
     except ExportError as exc:
         print(f"fmnist-predict: error: {exc}", file=sys.stderr)
         return 2

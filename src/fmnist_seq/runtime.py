@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -13,39 +15,76 @@ from fmnist_seq.errors import ExportError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
-CUDA_HINT = ("install the GPU build: `pip uninstall -y onnxruntime && pip install onnxruntime-gpu==1.32.0` "
-             "(needs an NVIDIA driver and the CUDA/cuDNN libraries it names), or use provider cpu")
+# onnxruntime-gpu trails the CPU build by a release; 1.31.1 is built for CUDA 13 and cuDNN 9, the same majors
+# as the nvidia-*-cu13 wheels that the pinned PyTorch installs, so those libraries serve both.
+CUDA_HINT = ("install the GPU build: `pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'` "
+             "(needs an NVIDIA GPU and driver for CUDA 13), or use provider cpu")
 
 
 def select_providers(choice: str) -> list[str]:
     """onnxruntime execution providers for 'auto' | 'cpu' | 'cuda'; CPU always stays as the fallback."""
     available = ort.get_available_providers()
     if choice == "cpu":
-        return ["CPUExecutionProvider"]
+        return [CPU]
     if choice == "cuda":
-        if "CUDAExecutionProvider" not in available:
+        if CUDA not in available:
             raise ExportError(f"provider cuda: this onnxruntime has no CUDAExecutionProvider; {CUDA_HINT}")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [CUDA, CPU]
     if choice == "auto":
-        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+        return ([CUDA] if CUDA in available else []) + [CPU]
     raise ExportError(f"unknown provider {choice!r}: use auto, cpu or cuda")
 
 
-def open_session(model: str | Path | bytes, providers: list[str]) -> ort.InferenceSession:
-    """An inference session, with a clear error for a missing or broken model file."""
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels before the CUDA provider looks for them.
+
+    Importing PyTorch does this already; an app without PyTorch needs onnxruntime's own preloader.
+    It reports missing libraries with print(), which would corrupt `fmnist-predict --json`: send it to stderr.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and "torch" not in sys.modules:
+        with redirect_stdout(sys.stderr):
+            preload()
+
+
+def open_session(model: str | Path | bytes, providers: list[str], *, require: bool = False) -> ort.InferenceSession:
+    """An inference session, with a clear error for a missing or broken model file.
+
+    A provider that cannot start (the GPU build on a machine without a GPU or its libraries) is skipped by
+    onnxruntime itself, which logs why and carries on with the next one. `require=True` turns that
+    silent fallback into an error, for callers that were told to use the first provider.
+    """
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
             raise ExportError(f"{path}: model file not found")
         model = str(path)
+    name = model if isinstance(model, str) else "model bytes"
+    if CUDA in providers:
+        _load_cuda_libraries()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        return ort.InferenceSession(model, sess_options=options, providers=providers)
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        name = model if isinstance(model, str) else "model bytes"
         raise ExportError(f"{name}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
+    if require and providers[0] not in session.get_providers():
+        if providers[0] not in ort.get_available_providers():
+            fix = CUDA_HINT
+        else:  # the GPU build is there; the machine lacks what it loads
+            fix = ("onnxruntime's message above names what is missing: check the driver with `nvidia-smi`, and "
+                   "that CUDA 13 and cuDNN 9 are installed (`pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'` "
+                   "brings them), or use provider cpu")
+        raise ExportError(f"{name}: onnxruntime could not start {providers[0]} and would run on "
+                          f"{active_provider(session)} instead; {fix}")
+    return session
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The provider that actually runs the session's nodes (the first one that started)."""
+    return session.get_providers()[0]
 
 
 def metadata(session: ort.InferenceSession) -> dict[str, Any]:
