@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -81,7 +82,9 @@ def seed_everything(seed: int, device: torch.device) -> None:
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     else:
-        # cuDNN's RNN kernels have no deterministic variant for every case: warn instead of failing.
+        # cuBLAS is deterministic with a fixed workspace (read when its handle is made, so before the first
+        # matmul); cuDNN's RNN kernels have no deterministic variant for every case: warn instead of failing.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
