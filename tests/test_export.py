@@ -13,7 +13,8 @@ from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
 from fmnist_seq.errors import ExportError
 from fmnist_seq.config import ExportConfig
-from fmnist_seq.onnx_export import Parity, PixelClassifier, export_checkpoint, require_parity, torch_outputs
+from fmnist_seq.onnx_export import (Parity, PixelClassifier, export_checkpoint, quantize_variant, require_parity,
+                                    torch_outputs)
 from fmnist_seq.predict import main as predict_main, to_pixels
 from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
 
@@ -71,6 +72,26 @@ def test_quantized_variant_kept_only_within_tolerance(exported):
         q = figures[name]["int8"]
         assert q["kept"] == (q["accuracy_drop"] <= 0.05)
         assert (out / f"{name}.int8.onnx").exists() == q["kept"]
+        assert q["test_accuracy"] == min(q["test_accuracy_batch_1"], q["test_accuracy_batch_1000"])
+    kept = [name for name in ("rnn", "gru") if figures[name]["int8"]["kept"]]
+    assert kept, "the synthetic models should quantize well enough to keep at least one int8 file"
+    for name in kept:  # the file describes itself, not the fp32 model it was made from
+        meta = metadata(open_session(out / f"{name}.int8.onnx", ["CPUExecutionProvider"]))
+        assert meta["test_accuracy"] == figures[name]["int8"]["test_accuracy"]
+        assert "batch" in meta["quantization"] and meta["class_names"] == list(CLASS_NAMES)
+
+
+def test_int8_file_states_its_own_accuracy(exported, tmp_path):
+    out, _, pixels, labels = exported
+    fp32 = onnx.load(out / "rnn.onnx")
+    assert metadata(open_session(out / "rnn.onnx", [CPU]))["test_accuracy"] == 1.0
+    wrong = (labels + 1) % 10  # int8 scores ~0 against these; the fp32 file's metadata says 1.0
+    cfg = ExportConfig(models=["rnn"], exporters={"rnn": "dynamo"}, bench_seconds=0.02, bench_batch_size=32,
+                       quantize=["rnn"], quantize_max_accuracy_drop=0.999)
+    q = quantize_variant("rnn", fp32, cfg, pixels, wrong, 0.5, tmp_path, log=lambda _: None)
+    assert q["kept"] and q["test_accuracy"] < 0.1
+    meta = metadata(open_session(tmp_path / "rnn.int8.onnx", [CPU]))
+    assert meta["test_accuracy"] == q["test_accuracy"] and meta["model_name"] == "rnn"
 
 
 def test_parity_failure_is_a_clear_error():
