@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The newest GPU build (it trails the CPU build by a release): CUDA 13 and cuDNN 9, the majors of the
-# nvidia-* wheels that the pinned PyTorch installs. Keep in step with CUDA_HINT in src/fmnist_seq/runtime.py.
+# nvidia-* wheels that the pinned PyTorch installs. Keep in step with GPU_BUILD in src/fmnist_seq/runtime.py.
 ORT_GPU := onnxruntime-gpu[cuda,cudnn]==1.31.1
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 
@@ -51,13 +51,15 @@ bench: setup
 
 # Swap onnxruntime's CPU build for the GPU build (same Python package name, so one replaces the other),
 # and back. The GPU build falls back to the CPU where no GPU or driver is found.
+# Both builds write the same onnxruntime/ folder: remove both before installing one, or a leftover record
+# of the other makes pip skip the install and leaves the package half deleted.
 onnxruntime-gpu: setup
-	$(BIN)/python -m pip uninstall --quiet -y onnxruntime
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
 	$(BIN)/python -m pip install --quiet '$(ORT_GPU)'
 	$(BIN)/python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
 onnxruntime-cpu: setup
-	$(BIN)/python -m pip uninstall --quiet -y onnxruntime-gpu
+	$(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 

@@ -1,18 +1,19 @@
 """Train both models with their params.yaml settings on one device and report the wall time beside the CPU run.
 
 This is the pipeline's training and evaluation, run in memory without DVC, so that it also runs on a
-machine where only PyTorch is installed (a GPU host that cannot reach the package index). It reads the raw
+machine with only PyTorch, torchvision, PyYAML and tqdm (a GPU host that cannot reach the package index,
+say). It reads the raw
 IDX files (`data/raw`, or Debian's `/usr/share/datasets/fashion-mnist` .gz files), makes the same seeded
 split and normalization as the prepare stage, trains each model with `fit`, and prints a JSON line and a
 Markdown table row per model:
 
   device, torch        where it ran, and the PyTorch version
-  train_seconds        wall time of all epochs, validation included
+  train_seconds        wall time of all epochs, validation included (set-up and CUDA start-up excluded)
   samples_per_s        mean training images per second over the epochs
   selected_epoch       the epoch picked by validation loss
   test_accuracy        on the 10,000 test images
-  cpu_reference        train_seconds and test accuracy of the committed `dvc repro` run (dvc.lock's
-                       checkpoint history and results/evaluate/metrics.json), for the side-by-side table
+  cpu_reference        train_seconds and test accuracy of the committed `dvc repro` run on the CPU
+                       (results/train/<model>/metrics.json, results/evaluate/metrics.json)
   repeat_max_abs_diff  with --repeat: the largest difference in train and validation loss between two
                        identical one-epoch runs (0 means bit-identical; cuDNN's RNN kernels need not be)
 
@@ -28,15 +29,12 @@ import gzip
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.config import PrepareConfig, TrainConfig, load_block, load_seed
 from fmnist_seq.data import RAW_FILES, prepare_splits, read_raw
-from fmnist_seq.errors import PipelineError
 from fmnist_seq.training import fit, loss_and_accuracy, predict_logits, resolve_device
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -54,15 +52,14 @@ def raw_folder(raw: Path, scratch: Path) -> Path:
 
 
 def cpu_reference(name: str) -> dict:
-    """The committed CPU run's figures, for comparison."""
+    """The committed CPU run's figures (results/ is committed to git), for comparison."""
     out: dict = {}
-    try:
-        out["train_seconds"] = round(load_checkpoint(Path("models") / f"{name}.pt").history[-1]["elapsed_s"], 1)
-    except PipelineError:
-        pass
-    metrics = Path("results/evaluate/metrics.json")
-    if metrics.is_file():
-        out["test_accuracy"] = json.loads(metrics.read_text()).get(name, {}).get("test", {}).get("accuracy")
+    train = Path("results/train") / name / "metrics.json"
+    if train.is_file():
+        out["train_seconds"] = json.loads(train.read_text()).get("train_seconds")
+    evaluate = Path("results/evaluate/metrics.json")
+    if evaluate.is_file():
+        out["test_accuracy"] = json.loads(evaluate.read_text()).get(name, {}).get("test", {}).get("accuracy")
     return out
 
 
@@ -97,9 +94,8 @@ def main() -> None:
         cfg = dataclasses.replace(load_block(TrainConfig, f"train_{name}"), device=device.type)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
-        start = time.perf_counter()
         result = fit(cfg, splits["train"], splits["valid"], seed, log=lambda line: print(f"{name}: {line}", flush=True))
-        seconds = time.perf_counter() - start
+        seconds = result.history[-1].elapsed_s  # the epochs alone, as the stages' train_seconds counts them
         _, test_acc = loss_and_accuracy(predict_logits(result.model, splits["test"].images, 1024,
                                                        torch.device("cpu")), splits["test"].labels)
         row = {"model": name, "device": gpu, "torch": torch.__version__, "epochs": len(result.history),

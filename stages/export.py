@@ -7,8 +7,8 @@ from fmnist_seq.atomic import write_json
 from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.config import TrainConfig, load_block, load_export
 from fmnist_seq.data import load_split
-from fmnist_seq.onnx_export import export_checkpoint, raw_pixels
-from fmnist_seq.runtime import CPU, CUDA, select_providers
+from fmnist_seq.onnx_export import export_checkpoint, providers_that_ran, raw_pixels
+from fmnist_seq.runtime import select_providers
 from fmnist_seq.stage import run_stage
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -29,8 +29,7 @@ def main() -> None:
         pixels = raw_pixels(test.images, ckpt.normalization.mean, ckpt.normalization.std)
         metrics[name] = export_checkpoint(name, ckpt, cfg, pixels, test.labels.numpy(), args.out, providers)
     # The providers that ran, not the ones asked for: with `auto`, CUDA may have failed to start.
-    ran_on_cuda = any("onnxruntime_cuda_images_per_s" in figures for figures in metrics.values())
-    write_json(args.metrics, {"providers": ([CUDA] if ran_on_cuda else []) + [CPU], **metrics})
+    write_json(args.metrics, {"providers": providers_that_ran(metrics), **metrics})
 
 
 if __name__ == "__main__":

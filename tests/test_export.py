@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -13,8 +14,8 @@ from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
 from fmnist_seq.errors import ExportError
 from fmnist_seq.config import ExportConfig
-from fmnist_seq.onnx_export import (Parity, PixelClassifier, export_checkpoint, quantize_variant, require_parity,
-                                    torch_outputs)
+from fmnist_seq.onnx_export import (MODEL_IR_VERSION, Parity, PixelClassifier, export_checkpoint, matmul_model,
+                                    providers_that_ran, quantize_variant, require_parity, torch_outputs)
 from fmnist_seq.predict import main as predict_main, to_pixels
 from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
 
@@ -94,6 +95,19 @@ def test_int8_file_states_its_own_accuracy(exported, tmp_path):
     assert meta["test_accuracy"] == q["test_accuracy"] and meta["model_name"] == "rnn"
 
 
+def test_files_load_in_older_onnxruntime_builds(exported):
+    """IR 10 as the exporter writes it: onnxruntime-gpu 1.31 rejects IR 14, onnx.helper's default."""
+    out = exported[0]
+    assert {onnx.load(out / f"{name}.onnx").ir_version for name in ("rnn", "gru", "rnn.int8")} == {MODEL_IR_VERSION}
+    assert matmul_model(np.ones((2, 2), np.float32)).ir_version == MODEL_IR_VERSION
+
+
+def test_providers_that_ran():
+    assert providers_that_ran({"rnn": {"onnxruntime_cpu_images_per_s": 1.0}}) == [CPU]
+    assert providers_that_ran({"rnn": {"onnxruntime_cpu_images_per_s": 1.0},
+                               "gru": {"onnxruntime_cuda_images_per_s": 2.0}}) == [CUDA, CPU]
+
+
 def test_parity_failure_is_a_clear_error():
     with pytest.raises(ExportError, match=r"3 different predicted classes.*No model file was written"):
         require_parity("gru", Parity(0.5, 3, 0.9, 0.91), 1e-4)
@@ -108,8 +122,38 @@ def test_provider_selection():
 
 
 # Without a working GPU, onnxruntime (CPU build, or the GPU build missing a driver) quietly runs a CUDA
-# session on the CPU; these pin down what the package makes of that.
-no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: CUDA would start")
+# session on the CPU; these pin down what the package makes of that. Where the GPU build meets a GPU,
+# the test after them checks that CUDA really starts instead.
+CUDA_WORKS = CUDA in ort.get_available_providers() and torch.cuda.is_available()
+no_gpu = pytest.mark.skipif(CUDA_WORKS, reason="onnxruntime-gpu and a GPU: CUDA would start")
+
+
+@pytest.mark.skipif(not CUDA_WORKS, reason="needs onnxruntime-gpu and a GPU")
+def test_cuda_provider_starts_and_is_measured(exported, tmp_path):
+    out, _, pixels, labels = exported
+    assert active_provider(open_session(out / "gru.onnx", [CUDA, CPU], require=True)) == CUDA
+    cfg = ExportConfig(models=["gru"], exporters={"gru": "dynamo"}, bench_seconds=0.02, bench_batch_size=32,
+                       quantize=[], provider="cuda")
+    figures = export_checkpoint("gru", load_checkpoint(out / "gru.pt"), cfg, pixels, labels, tmp_path, [CUDA, CPU],
+                                log=lambda _: None)
+    assert figures["onnxruntime_cuda_images_per_s"] > 0
+    assert figures["test_accuracy_onnxruntime_cuda"] == pytest.approx(figures["test_accuracy_onnxruntime"], abs=0.01)
+    assert providers_that_ran({"gru": figures}) == [CUDA, CPU]
+
+
+def test_cuda_library_preload_keeps_stdout_clean(exported, monkeypatch, capsys):
+    """onnxruntime's preloader print()s what it cannot find; `fmnist-predict --json` owns stdout."""
+    calls = []
+
+    def noisy_preload(*args, **kwargs):
+        calls.append(1)
+        print("Failed to load libcublasLt.so.13")
+
+    monkeypatch.setattr(ort, "preload_dlls", noisy_preload, raising=False)
+    monkeypatch.delitem(sys.modules, "torch")  # an app without PyTorch, which would have loaded the libraries
+    open_session(exported[0] / "gru.onnx", [CUDA, CPU])
+    captured = capsys.readouterr()
+    assert calls and "libcublasLt" in captured.err and "libcublasLt" not in captured.out
 
 
 @no_gpu
@@ -144,7 +188,7 @@ def test_predict_command_cuda_without_gpu(exported, tmp_path, capsys):
     assert predict_main([str(out / "gru.onnx"), png, "--provider", "cuda"]) == 2
     assert "onnxruntime-gpu" in capsys.readouterr().err
     assert predict_main([str(out / "gru.onnx"), png, "--provider", "auto", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["error"] is None  # fallback notes stay off stdout
+    assert json.loads(capsys.readouterr().out)[0]["error"] is None
 
 
 # --- the prediction command -------------------------------------------------------------------

@@ -114,3 +114,13 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     torch.save(blob, tmp_path / "old.pt")
     with pytest.raises(CheckpointError, match="old.pt is not a checkpoint of this project"):
         load_checkpoint(tmp_path / "old.pt")
+
+
+def test_cublas_workspace_is_fixed_for_deterministic_cuda_matmuls():
+    # Without it, deterministic mode on CUDA cannot make cuBLAS reproducible; it must be set before any
+    # CUDA matmul, which importing the training module guarantees for the stages.
+    import os
+
+    import fmnist_seq.training  # noqa: F401
+
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")

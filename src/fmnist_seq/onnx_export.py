@@ -25,7 +25,7 @@ from fmnist_seq.checkpoint import Checkpoint
 from fmnist_seq.classes import CLASS_NAMES, IMAGE_SIZE
 from fmnist_seq.config import ExportConfig
 from fmnist_seq.errors import ExportError
-from fmnist_seq.runtime import CUDA, INPUT_NAME, OUTPUT_NAMES, active_provider, open_session, run
+from fmnist_seq.runtime import CPU, CUDA, INPUT_NAME, OUTPUT_NAMES, active_provider, open_session, run
 
 
 class PixelClassifier(nn.Module):
@@ -147,18 +147,26 @@ def time_per_call(fn: Callable[[], Any], seconds: float) -> float:
     return float(np.median(times))
 
 
+# IR 10, as the exporter writes. onnx.helper's default is the installed onnx's newest IR (14), which
+# onnxruntime-gpu 1.31, a build this package supports, cannot load.
+MODEL_IR_VERSION = 10
+
+
+def matmul_model(a: np.ndarray) -> onnx.ModelProto:
+    """c = a @ b with b = `a` stored in the graph: the reference workload for the matmul rate."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, list(a.shape))],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, list(a.shape))],
+        [onnx.numpy_helper.from_array(a, "b")])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)],
+                                  ir_version=MODEL_IR_VERSION)
+
+
 def matmul_gflops(seconds: float, size: int = 1024) -> dict[str, float]:
     """fp32 matmul rate of PyTorch and of onnxruntime (CPU) on this machine: the ceiling both engines share."""
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
-        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [size, size])],
-        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [size, size])],
-        [onnx.numpy_helper.from_array(a, "b")])
-    # IR 10, as the exporter writes: make_model's default is the installed onnx's newest, too new for
-    # some onnxruntime builds this package supports (onnxruntime-gpu trails the CPU build).
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10)
-    session = open_session(model.SerializeToString(), ["CPUExecutionProvider"])
+    session = open_session(matmul_model(a).SerializeToString(), ["CPUExecutionProvider"])
     ta = torch.from_numpy(a)
     flops = 2 * size ** 3
     return {"matmul_gflops_torch": round(flops / time_per_call(lambda: ta @ ta, seconds) / 1e9, 1),
@@ -265,6 +273,12 @@ def export_checkpoint(name: str, ckpt: Checkpoint, cfg: ExportConfig, pixels: np
             figures["int8"]["speedup_vs_torch"] = round(
                 figures["int8"]["images_per_s"] / figures["torch_images_per_s"], 3)
     return figures
+
+
+def providers_that_ran(figures_by_model: dict[str, dict]) -> list[str]:
+    """The onnxruntime providers the export actually timed: CUDA only where its session really started."""
+    ran_on_cuda = any("onnxruntime_cuda_images_per_s" in figures for figures in figures_by_model.values())
+    return ([CUDA] if ran_on_cuda else []) + [CPU]
 
 
 def quantize_variant(name: str, final: onnx.ModelProto, cfg: ExportConfig, pixels: np.ndarray, labels: np.ndarray,

@@ -18,8 +18,10 @@ OUTPUT_NAMES = ("logits", "probabilities")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 # onnxruntime-gpu trails the CPU build by a release; 1.31.1 is built for CUDA 13 and cuDNN 9, the same majors
-# as the nvidia-*-cu13 wheels that the pinned PyTorch installs, so those libraries serve both.
-CUDA_HINT = ("install the GPU build: `pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'` "
+# as the nvidia-*-cu13 wheels that the pinned PyTorch installs, so those libraries serve both. The extras bring
+# the same libraries to an app without PyTorch. The Makefile's ORT_GPU repeats this pin.
+GPU_BUILD = "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+CUDA_HINT = (f"install the GPU build: `pip uninstall -y onnxruntime && pip install '{GPU_BUILD}'` "
              "(needs an NVIDIA GPU and driver for CUDA 13), or use provider cpu")
 
 
@@ -40,11 +42,13 @@ def select_providers(choice: str) -> list[str]:
 def _load_cuda_libraries() -> None:
     """Load CUDA and cuDNN from the nvidia-* wheels before the CUDA provider looks for them.
 
-    Importing PyTorch does this already; an app without PyTorch needs onnxruntime's own preloader.
+    Importing a CUDA build of PyTorch does this already; otherwise onnxruntime's own preloader must.
     It reports missing libraries with print(), which would corrupt `fmnist-predict --json`: send it to stderr.
     """
     preload = getattr(ort, "preload_dlls", None)
-    if preload is not None and "torch" not in sys.modules:
+    torch = sys.modules.get("torch")
+    torch_loaded_cuda = torch is not None and getattr(getattr(torch, "version", None), "cuda", None)
+    if preload is not None and not torch_loaded_cuda:
         with redirect_stdout(sys.stderr):
             preload()
 
@@ -75,15 +79,15 @@ def open_session(model: str | Path | bytes, providers: list[str], *, require: bo
             fix = CUDA_HINT
         else:  # the GPU build is there; the machine lacks what it loads
             fix = ("onnxruntime's message above names what is missing: check the driver with `nvidia-smi`, and "
-                   "that CUDA 13 and cuDNN 9 are installed (`pip install 'onnxruntime-gpu[cuda,cudnn]==1.31.1'` "
-                   "brings them), or use provider cpu")
+                   f"that CUDA 13 and cuDNN 9 are installed (`pip install '{GPU_BUILD}'` brings them), "
+                   "or use provider cpu")
         raise ExportError(f"{name}: onnxruntime could not start {providers[0]} and would run on "
                           f"{active_provider(session)} instead; {fix}")
     return session
 
 
 def active_provider(session: ort.InferenceSession) -> str:
-    """The provider that actually runs the session's nodes (the first one that started)."""
+    """The highest-priority provider that started (nodes it cannot run still fall to the CPU)."""
     return session.get_providers()[0]
 
 

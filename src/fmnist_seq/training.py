@@ -19,6 +19,10 @@ from fmnist_seq.data import Split
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.models import SequenceClassifier
 
+# cuBLAS is deterministic only with a fixed workspace, and reads this when a process makes its first cuBLAS
+# handle, so it is set on import, ahead of training; a value the user set wins. No effect on the CPU.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 
 @dataclass
 class EpochRecord:
@@ -82,9 +86,7 @@ def seed_everything(seed: int, device: torch.device) -> None:
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     else:
-        # cuBLAS is deterministic with a fixed workspace (read when its handle is made, so before the first
-        # matmul); cuDNN's RNN kernels have no deterministic variant for every case: warn instead of failing.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # cuDNN's RNN kernels have no deterministic variant for every case: warn instead of failing.
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
