@@ -92,8 +92,9 @@ def model_metadata(name: str, ckpt: Checkpoint, test_accuracy: float, exporter: 
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
-def with_metadata(model_bytes: bytes, props: dict[str, str]) -> onnx.ModelProto:
-    model = onnx.load_from_string(model_bytes)
+def with_metadata(exported: onnx.ModelProto, props: dict[str, str]) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(exported)
     onnx.helper.set_model_props(model, props)
     model.doc_string = "Fashion-MNIST classifier: uint8 pixels [batch,28,28] -> logits, probabilities"
     return model
@@ -105,6 +106,10 @@ class Parity:
     mismatched_predictions: int
     onnx_accuracy: float
     torch_accuracy: float
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
 
 
 def torch_outputs(wrapper: PixelClassifier, pixels: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -121,8 +126,8 @@ def check_parity(reference_logits: np.ndarray, onnx_logits: np.ndarray, labels: 
     return Parity(
         max_logit_diff=float(np.abs(reference_logits - onnx_logits).max()),
         mismatched_predictions=int((reference_logits.argmax(1) != onnx_logits.argmax(1)).sum()),
-        onnx_accuracy=float((onnx_logits.argmax(1) == labels).mean()),
-        torch_accuracy=float((reference_logits.argmax(1) == labels).mean()),
+        onnx_accuracy=accuracy(onnx_logits, labels),
+        torch_accuracy=accuracy(reference_logits, labels),
     )
 
 
@@ -200,7 +205,7 @@ def session_from_proto(model: onnx.ModelProto, providers: list[str], require: bo
     return open_session(model.SerializeToString(), providers, require=require)
 
 
-def quantized_bytes(model: onnx.ModelProto) -> bytes:
+def quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """int8 dynamic quantization (weights int8, activations quantized on the fly); RNN/GRU nodes stay fp32."""
     root = logging.getLogger()
     level = root.level
@@ -217,11 +222,11 @@ def quantized_bytes(model: onnx.ModelProto) -> bytes:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
-        quantized = onnx.load_from_string(dst.read_bytes())
+        int8 = onnx.load(dst)
     # Some quantizers stamp the newest IR version of the installed onnx package, which older onnxruntime
     # builds (onnxruntime-gpu, onnxruntime-node) cannot load; the quantized operators need nothing newer.
-    quantized.ir_version = model.ir_version
-    return quantized.SerializeToString()
+    int8.ir_version = model.ir_version
+    return int8
 
 
 def raw_pixels(images: torch.Tensor, mean: float, std: float) -> np.ndarray:
@@ -243,14 +248,14 @@ def export_checkpoint(name: str, ckpt: Checkpoint, cfg: ExportConfig, pixels: np
     cpu = session_from_proto(exported, ["CPUExecutionProvider"])
     parity = check_parity(torch_outputs(wrapper, pixels), onnx_outputs(cpu, pixels), labels)
     require_parity(name, parity, cfg.max_logit_diff)
-    final = with_metadata(exported.SerializeToString(),
+    final = with_metadata(exported,
                           model_metadata(name, ckpt, parity.onnx_accuracy, cfg.exporters[name], cfg.opset))
     sessions, extra = {"onnxruntime_cpu": cpu}, {}
     if providers[0] == CUDA:  # before writing, so that a required CUDA provider that fails leaves no file
         cuda = session_from_proto(final, providers, require=cfg.provider == "cuda")
         if active_provider(cuda) == CUDA:
             sessions["onnxruntime_cuda"] = cuda
-            extra["test_accuracy_onnxruntime_cuda"] = float((onnx_outputs(cuda, pixels).argmax(1) == labels).mean())
+            extra["test_accuracy_onnxruntime_cuda"] = accuracy(onnx_outputs(cuda, pixels), labels)
             log(f"{name}: CUDA provider test accuracy {extra['test_accuracy_onnxruntime_cuda']:.4f}")
         else:  # provider auto: onnxruntime fell back to the CPU, so there is nothing more to measure
             log(f"{name}: onnxruntime's CUDA provider did not start (see its message above); CPU figures only")
@@ -289,17 +294,17 @@ def quantize_variant(name: str, final: onnx.ModelProto, cfg: ExportConfig, pixel
     can depend on the other images in its batch (fp32 predictions do not). The accuracy that counts is the
     worse of one image per call (an app classifying single photos) and batches of 1000.
     """
-    int8 = onnx.load_from_string(quantized_bytes(final))
+    int8 = quantized(final)
     session = session_from_proto(int8, ["CPUExecutionProvider"])
-    by_batch = {size: float((onnx_outputs(session, pixels, size).argmax(1) == labels).mean()) for size in (1, 1000)}
-    accuracy = min(by_batch.values())
-    drop = fp32_accuracy - accuracy
+    by_batch = {size: accuracy(onnx_outputs(session, pixels, size), labels) for size in (1, 1000)}
+    int8_accuracy = min(by_batch.values())
+    drop = fp32_accuracy - int8_accuracy
     kept = drop <= cfg.quantize_max_accuracy_drop
-    result: dict[str, Any] = {"test_accuracy": accuracy, "test_accuracy_batch_1": by_batch[1],
+    result: dict[str, Any] = {"test_accuracy": int8_accuracy, "test_accuracy_batch_1": by_batch[1],
                               "test_accuracy_batch_1000": by_batch[1000], "accuracy_drop": drop, "kept": kept}
     # The quantizer copies the fp32 file's metadata: its test accuracy must become the int8 figure.
     props = {prop.key: prop.value for prop in int8.metadata_props}
-    props["test_accuracy"] = json.dumps(accuracy)
+    props["test_accuracy"] = json.dumps(int8_accuracy)
     props["quantization"] = ("int8 dynamic: weights int8, activations scaled per call over the whole batch, so a "
                              "prediction can depend on the other images in the batch; test_accuracy is the worse "
                              "of batch 1 and batch 1000")
@@ -313,6 +318,6 @@ def quantize_variant(name: str, final: onnx.ModelProto, cfg: ExportConfig, pixel
         int8_s = time_per_call(lambda: run(session, batch), cfg.bench_seconds / 2)
         result["images_per_s"] = round(len(batch) / int8_s, 1)
         result["speedup_vs_fp32"] = round(fp32_s / int8_s, 3)
-    log(f"{name}: int8 variant {'kept' if kept else 'dropped'} (accuracy {accuracy:.4f}, "
+    log(f"{name}: int8 variant {'kept' if kept else 'dropped'} (accuracy {int8_accuracy:.4f}, "
         f"drop {100 * drop:.2f} pts, {result['file_bytes'] / 1e6:.2f} MB)")
     return result
