@@ -1,19 +1,19 @@
 """Train both models with their params.yaml settings on one device and report the wall time beside the CPU run.
 
-This is the pipeline's training and evaluation, run in memory without DVC, so that it also runs on a
-machine with only PyTorch, torchvision, PyYAML and tqdm (a GPU host that cannot reach the package index,
-say). It reads the raw
+This is the pipeline's training and evaluation, run in memory without DVC, in one process on one device,
+so that it also runs on a machine with only PyTorch, torchvision, PyYAML, tqdm and psutil (a GPU host that
+cannot reach the package index, say). It reads the raw
 IDX files (`data/raw`, or Debian's `/usr/share/datasets/fashion-mnist` .gz files), makes the same seeded
 split and normalization as the prepare stage, trains each model with `fit`, and prints a JSON line and a
 Markdown table row per model:
 
   device, torch        where it ran, and the PyTorch version
   train_seconds        wall time of all epochs, validation included (set-up and CUDA start-up excluded)
-  samples_per_s        mean training images per second over the epochs
+  images_per_s         mean training images per second over the epochs
   selected_epoch       the epoch picked by validation loss
   test_accuracy        on the 10,000 test images
   cpu_reference        train_seconds and test accuracy of the committed `dvc repro` run on the CPU
-                       (results/train/<model>/metrics.json, results/evaluate/metrics.json)
+                       (results/train/<model>/timings.json, results/evaluate/metrics.json)
   repeat_max_abs_diff  with --repeat: the largest difference in train and validation loss between two
                        identical one-epoch runs (0 means bit-identical; cuDNN's RNN kernels need not be)
 
@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 
 from fmnist_seq.config import PrepareConfig, TrainConfig, load_block, load_seed
-from fmnist_seq.data import RAW_FILES, prepare_splits, read_raw
-from fmnist_seq.training import fit, loss_and_accuracy, predict_logits, resolve_device
+from fmnist_seq.data import RAW_FILES, Normalization, prepare_splits, read_raw
+from fmnist_seq.distributed import resolve_device
+from fmnist_seq.models import predict_logits
+from fmnist_seq.training import fit
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -54,17 +56,18 @@ def raw_folder(raw: Path, scratch: Path) -> Path:
 def cpu_reference(name: str) -> dict:
     """The committed CPU run's figures (results/ is committed to git), for comparison."""
     out: dict = {}
-    train = Path("results/train") / name / "metrics.json"
-    if train.is_file():
-        out["train_seconds"] = json.loads(train.read_text()).get("train_seconds")
+    timings = Path("results/train") / name / "timings.json"
+    if timings.is_file():
+        out["train_seconds"] = json.loads(timings.read_text()).get("train_seconds")
+        out["workers"] = json.loads(timings.read_text()).get("workers")
     evaluate = Path("results/evaluate/metrics.json")
     if evaluate.is_file():
-        out["test_accuracy"] = json.loads(evaluate.read_text()).get(name, {}).get("test", {}).get("accuracy")
+        out["test_accuracy"] = json.loads(evaluate.read_text()).get(name, {}).get("test_accuracy")
     return out
 
 
-def first_epoch_losses(cfg: TrainConfig, splits: dict, seed: int) -> tuple[float, float]:
-    record = fit(dataclasses.replace(cfg, epochs=1), splits["train"], splits["valid"], seed,
+def first_epoch_losses(cfg: TrainConfig, splits: dict, norm: Normalization, seed: int) -> tuple[float, float]:
+    record = fit(dataclasses.replace(cfg, epochs=1), splits["train"], splits["valid"], norm, seed,
                  log=lambda _: None).history[0]
     return record.train_loss, record.valid_loss
 
@@ -83,7 +86,7 @@ def main() -> None:
     seed = load_seed()
     with tempfile.TemporaryDirectory() as scratch:
         raw = read_raw(raw_folder(args.raw, Path(scratch)))
-    splits, _ = prepare_splits(raw, load_block(PrepareConfig, "prepare").valid_ratio, seed)
+    splits, norm = prepare_splits(raw, load_block(PrepareConfig, "prepare").valid_ratio, seed)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({gpu}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
 
@@ -94,22 +97,23 @@ def main() -> None:
         cfg = dataclasses.replace(load_block(TrainConfig, f"train_{name}"), device=device.type)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
-        result = fit(cfg, splits["train"], splits["valid"], seed, log=lambda line: print(f"{name}: {line}", flush=True))
+        result = fit(cfg, splits["train"], splits["valid"], norm, seed,
+                     log=lambda line: print(f"{name}: {line}", flush=True))
         seconds = result.history[-1].elapsed_s  # the epochs alone, as the stages' train_seconds counts them
-        _, test_acc = loss_and_accuracy(predict_logits(result.model, splits["test"].images, 1024,
-                                                       torch.device("cpu")), splits["test"].labels)
+        predicted = predict_logits(result.model, splits["test"].images, 1024).argmax(1)
+        test_acc = (predicted == splits["test"].labels).float().mean().item()
         row = {"model": name, "device": gpu, "torch": torch.__version__, "epochs": len(result.history),
                "train_seconds": round(seconds, 1),
-               "samples_per_s": round(sum(r.samples_per_s for r in result.history) / len(result.history), 1),
+               "images_per_s": round(sum(r.images_per_s for r in result.history) / len(result.history), 1),
                "selected_epoch": result.selected_epoch, "test_accuracy": round(test_acc, 4),
                "cpu_reference": cpu_reference(name)}
         if args.repeat:
-            a, b = first_epoch_losses(cfg, splits, seed), first_epoch_losses(cfg, splits, seed)
+            a, b = first_epoch_losses(cfg, splits, norm, seed), first_epoch_losses(cfg, splits, norm, seed)
             row["repeat_max_abs_diff"] = max(abs(x - y) for x, y in zip(a, b))
         print(json.dumps(row), flush=True)
         results.append(row)
         ref = row["cpu_reference"]
-        rows.append(f"| {name} | {gpu} | {row['epochs']} | {row['train_seconds']} | {row['samples_per_s']:,.0f} | "
+        rows.append(f"| {name} | {gpu} | {row['epochs']} | {row['train_seconds']} | {row['images_per_s']:,.0f} | "
                     f"{row['test_accuracy']:.4f} | {ref.get('train_seconds', '-')} | {ref.get('test_accuracy', '-')} |")
     print("\n".join(rows))
     if args.json_out:

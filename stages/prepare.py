@@ -1,7 +1,8 @@
-"""prepare: decode the raw IDX files, split train/valid (stratified), normalize, write tensors and figures."""
+"""prepare: decode the raw IDX files, split train/valid (stratified), write uint8 tensors, statistics, figures."""
 
 import argparse
-from pathlib import Path
+
+import _bootstrap  # noqa: F401  (first: this checkout's code, and a clear error under the wrong Python)
 
 from fmnist_seq.atomic import write_json
 from fmnist_seq.config import PrepareConfig, load_block, load_seed
@@ -9,27 +10,28 @@ from fmnist_seq.data import data_metrics, examples_per_class, prepare_splits, re
 from fmnist_seq.plots import class_examples, save_png
 from fmnist_seq.stage import run_stage
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--raw", required=True, help="folder with the four decompressed IDX files")
-parser.add_argument("--out", required=True, help="folder for train/valid/test tensors and stats.json")
-parser.add_argument("--metrics", required=True, help="data metrics JSON (counts, normalization)")
-parser.add_argument("--examples", required=True, help="PNG with one example image per class")
-args = parser.parse_args()
+
+def prepare(args: argparse.Namespace) -> None:
+    cfg = load_block(PrepareConfig, "prepare")
+    splits, norm = prepare_splits(read_raw(args.raw), cfg.valid_ratio, load_seed())
+    save_prepared(splits, norm, args.out)
+    write_json(args.metrics, data_metrics(splits, norm))
+    train = splits["train"]
+    picks = examples_per_class(train)
+    save_png(class_examples(train.images[picks].numpy(), train.labels[picks].tolist()), args.examples)
+    print(f"prepared {', '.join(f'{n}: {len(s)}' for n, s in splits.items())} images; "
+          f"train pixel mean {norm.mean:.4f}, std {norm.std:.4f}")
 
 
 def main() -> None:
-    cfg = load_block(PrepareConfig, "prepare")
-    raw = read_raw(args.raw)
-    splits, norm = prepare_splits(raw, cfg.valid_ratio, load_seed())
-    save_prepared(splits, norm, Path(args.out))
-    write_json(args.metrics, data_metrics(splits, norm))
-    train_idx = splits["train"].source_index
-    picks = examples_per_class(splits["train"])
-    save_png(class_examples(raw["train_images"][train_idx[picks]].numpy(),
-                            splits["train"].labels[picks].tolist()), args.examples)
-    print(f"prepared {', '.join(f'{n}: {len(s)}' for n, s in splits.items())} images; "
-          f"train mean {norm.mean:.4f}, std {norm.std:.4f}")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", required=True, help="folder with the four decompressed IDX files")
+    parser.add_argument("--out", required=True, help="folder for train/valid/test tensors and stats.json")
+    parser.add_argument("--metrics", required=True, help="data metrics JSON (counts, normalization)")
+    parser.add_argument("--examples", required=True, help="PNG with one example image per class")
+    args = parser.parse_args()
+    run_stage("prepare", lambda: prepare(args), outputs=[args.out, args.metrics, args.examples])
 
 
 if __name__ == "__main__":
-    run_stage("prepare", main, outputs=[args.out, args.metrics, args.examples])
+    main()

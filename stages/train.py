@@ -1,53 +1,69 @@
-"""train_rnn / train_gru: train one model on the prepared tensors, select the best-validation epoch."""
+"""train_rnn / train_gru: train one model on the prepared tensors, data-parallel over `workers` processes,
+and keep the epoch with the best validation loss."""
 
 import argparse
-from pathlib import Path
+import sys
 
-from dvclive import Live
+import _bootstrap  # noqa: F401  (first: this checkout's code, and a clear error under the wrong Python)
+import torch
 
 from fmnist_seq.checkpoint import save_checkpoint
-from fmnist_seq.config import MODEL_NAMES, TrainConfig, load_block, load_seed
+from fmnist_seq.config import MODEL_NAMES, TrainConfig, as_dict, load_block, load_seed
 from fmnist_seq.data import load_normalization, load_split
-from fmnist_seq.plots import learning_curve
+from fmnist_seq.distributed import join, launch, launched_by_torchrun, resolve_device, resolve_workers, worker_rank
 from fmnist_seq.stage import run_stage
-from fmnist_seq.training import EpochRecord, fit
+from fmnist_seq.tracking import log_epoch, log_result, open_live, write_timings
+from fmnist_seq.training import fit
 
-parser = argparse.ArgumentParser(description=__doc__)
-parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="which params block: train_<model>")
-parser.add_argument("--data", required=True, help="prepared data folder (train.pt, valid.pt, stats.json)")
-parser.add_argument("--checkpoint", required=True, help="where the selected checkpoint goes")
-parser.add_argument("--live-dir", required=True, help="this model's own dvclive folder")
-args = parser.parse_args()
+
+def train(args: argparse.Namespace) -> None:
+    """The work of one worker (the only one when workers is 1); rank 0 writes every file."""
+    cfg = load_block(TrainConfig, f"train_{args.model}")
+    seed = load_seed()
+    with join(cfg.device) as worker:
+        train_split, valid = load_split(args.data, "train"), load_split(args.data, "valid")
+        norm = load_normalization(args.data)
+        if not worker.is_main:
+            fit(cfg, train_split, valid, norm, seed, worker)
+            return
+        print(f"train_{args.model}: {len(train_split)} train / {len(valid)} valid images, {worker.world_size} "
+              f"worker(s) on {worker.device} with {torch.get_num_threads()} thread(s) each, {cfg.model}")
+        with open_live(args.live_dir) as live:
+            result = fit(cfg, train_split, valid, norm, seed, worker, on_epoch=lambda record: log_epoch(live, record))
+            log_result(live, result, f"{args.model.upper()} learning curve")
+        save_checkpoint(args.checkpoint, result.model, as_dict(cfg), result.selected_epoch,
+                        {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
+                        [r.results() for r in result.history])
+        write_timings(args.timings, result, worker, torch.get_num_threads())
+        print(f"train_{args.model}: selected epoch {result.selected_epoch} (valid loss "
+              f"{result.selected.valid_loss:.4f}, accuracy {result.selected.valid_accuracy:.4f}) -> {args.checkpoint}")
+
+
+def start(args: argparse.Namespace) -> None:
+    """Validate the params block, then train here (one worker) or launch the workers (several)."""
+    cfg = load_block(TrainConfig, f"train_{args.model}")
+    workers = resolve_workers(cfg.workers, resolve_device(cfg.device))
+    if workers == 1:
+        train(args)
+    else:
+        launch(workers, sys.argv[0], sys.argv[1:])
 
 
 def main() -> None:
-    cfg = load_block(TrainConfig, f"train_{args.model}")
-    seed = load_seed()
-    train, valid = load_split(args.data, "train"), load_split(args.data, "valid")
-    norm = load_normalization(args.data)
-    print(f"train_{args.model}: {len(train)} train / {len(valid)} valid images, {cfg.model}")
-    # dvcyaml=False: dvc.yaml declares these plots itself; one owner for each declaration.
-    with Live(dir=args.live_dir, dvcyaml=False, save_dvc_exp=False) as live:
-        def log_epoch(record: EpochRecord) -> None:
-            live.step = record.epoch
-            for split in ("train", "valid"):
-                for metric in ("loss", "accuracy"):
-                    live.log_metric(f"{split}/{metric}", getattr(record, f"{split}_{metric}"))
-            live.log_metric("lr", record.lr)
-
-        result = fit(cfg, train, valid, seed, on_epoch=log_epoch)
-        live.log_metric("selected/epoch", result.selected_epoch, plot=False)
-        live.log_metric("selected/valid_loss", result.selected.valid_loss, plot=False)
-        live.log_metric("selected/valid_accuracy", result.selected.valid_accuracy, plot=False)
-        live.log_metric("train_seconds", round(result.history[-1].elapsed_s, 1), plot=False)
-        history = [vars(r) for r in result.history]
-        live.log_image("learning_curve.png",
-                       learning_curve(history, result.selected_epoch, f"{args.model.upper()} learning curve"))
-    save_checkpoint(args.checkpoint, result, cfg, norm)
-    print(f"train_{args.model}: selected epoch {result.selected_epoch} "
-          f"(valid loss {result.selected.valid_loss:.4f}, accuracy {result.selected.valid_accuracy:.4f}) "
-          f"-> {Path(args.checkpoint)}")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES, help="which params block: train_<model>")
+    parser.add_argument("--data", required=True, help="prepared data folder (train.pt, valid.pt, stats.json)")
+    parser.add_argument("--checkpoint", required=True, help="where the selected checkpoint goes")
+    parser.add_argument("--live-dir", required=True, help="this model's own dvclive folder (metrics, plots)")
+    parser.add_argument("--timings", required=True, help="JSON with the run's wall times and images/s")
+    args = parser.parse_args()
+    stage, outputs = f"train_{args.model}", [args.checkpoint, args.live_dir, args.timings]
+    if launched_by_torchrun():  # one of the workers (launched by the stage itself, or by torchrun by hand)
+        rank = worker_rank()
+        run_stage(f"{stage} (rank {rank})", lambda: train(args), outputs=outputs if rank == 0 else [])
+    else:
+        run_stage(stage, lambda: start(args), outputs=outputs)
 
 
 if __name__ == "__main__":
-    run_stage(f"train_{args.model}", main, outputs=[args.checkpoint, args.live_dir])
+    main()

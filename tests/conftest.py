@@ -21,19 +21,15 @@ import pytest
 import torch
 import yaml
 
-from fmnist_seq.checkpoint import load_checkpoint, save_checkpoint
-from fmnist_seq.config import ExportConfig, ModelConfig, TrainConfig
-from fmnist_seq.data import Normalization, Split
-from fmnist_seq.onnx_export import export_checkpoint, raw_pixels
+from fmnist_seq.atomic import write_bytes
+from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from fmnist_seq.config import ExportConfig, ModelConfig, TrainConfig, as_dict
+from fmnist_seq.data import RAW_FILES, Normalization, Split
+from fmnist_seq.onnx_export import export_checkpoint
+from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -61,7 +57,7 @@ def make_dataset(folder: Path, per_class_train: int = 30, per_class_test: int = 
         arrays[f"{part}_labels"] = labels
         arrays[f"{part}_images"] = synthetic_images(labels, seed + len(part))
     files = {}
-    for role, name in NAMES.items():
+    for role, name in RAW_FILES.items():
         raw = idx_bytes(arrays[role])
         (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
         files[name] = {"sha256": hashlib.sha256(raw).hexdigest(), "count": len(arrays[role])}
@@ -101,12 +97,14 @@ def http_mirror(synthetic_dir):
         yield url, folder, files
 
 
-# Small models and short runs: the whole DAG in well under a minute on two cores.
+# Small models and short runs: the whole DAG in well under a minute on two cores. The GRU trains with two
+# data-parallel workers (launched by the stage), the RNN in the stage's own process.
 FAST_PARAMS = {
-    "train_rnn": {"model": {"hidden_size": 16, "head_hidden": 32}, "epochs": 3, "batch_size": 32, "lr": 0.01},
-    "train_gru": {"model": {"hidden_size": 16}, "epochs": 3, "batch_size": 32, "lr": 0.01},
+    "train_rnn": {"model": {"hidden_size": 16, "head_hidden": 32}, "epochs": 3, "batch_size": 32, "lr": 0.01,
+                  "workers": 1},
+    "train_gru": {"model": {"hidden_size": 16}, "epochs": 3, "batch_size": 32, "lr": 0.01, "workers": 2},
     "evaluate": {"batch_size": 64, "misclassified_shown": 8},
-    "export": {"bench_seconds": 0.05, "bench_batch_size": 32},
+    "export": {"bench_seconds": 0.1, "bench_batch_size": 32},
 }
 
 
@@ -125,9 +123,13 @@ def write_params(project: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(deep_update(params, changes), sort_keys=False))
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": env_bin + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1"}
+VENV_BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` as a user with the venv activated would (unless `env` says otherwise)."""
+    if env is None:
+        env = {**os.environ, "PATH": str(VENV_BIN) + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1"}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -135,7 +137,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, check=check)
+    return run([str(VENV_BIN / "dvc"), *args], cwd=cwd, check=check)
 
 
 def make_project(dest: Path, url: str, files: dict) -> Path:
@@ -179,26 +181,40 @@ NORM = Normalization(0.2, 0.3)
 
 
 def easy_split(n_per_class: int, seed: int) -> Split:
-    """Normalized synthetic images, n_per_class of each class."""
+    """Synthetic uint8 images, n_per_class of each class."""
     labels = np.repeat(np.arange(10), n_per_class)
-    pixels = torch.from_numpy(synthetic_images(labels, seed))
-    return Split(NORM.apply(pixels), torch.from_numpy(labels).long(), torch.arange(len(labels)))
+    return Split(torch.from_numpy(synthetic_images(labels, seed)), torch.from_numpy(labels).long(),
+                 torch.arange(len(labels)))
+
+
+def train_tiny(name: str, train: Split, valid: Split, path: Path, epochs: int = 6) -> TrainConfig:
+    """Train one of MODELS the way the training stage does and save its checkpoint at `path`."""
+    cfg = TrainConfig(model=MODELS[name], lr=0.01, schedule="onecycle", epochs=epochs, batch_size=32, device="cpu",
+                      workers=1)
+    result = fit(cfg, train, valid, NORM, seed=0, log=lambda _: None)
+    save_checkpoint(path, result.model, as_dict(cfg), result.selected_epoch,
+                    {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
+                    [r.results() for r in result.history])
+    return cfg
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """Both tiny models trained, checkpointed and exported the way the export stage does it."""
+    """Both tiny models trained, checkpointed and exported the way the export stage does it, int8 included."""
     out = tmp_path_factory.mktemp("onnx")
     train, test = easy_split(20, 0), easy_split(26, 1)  # 260 test images: more than one batch of 256
-    pixels = raw_pixels(test.images, NORM.mean, NORM.std)
+    pixels, labels = test.images.numpy(), test.labels.numpy()
     cfg = ExportConfig(models=["rnn", "gru"], exporters={"rnn": "dynamo", "gru": "dynamo"}, bench_seconds=0.05,
                        bench_batch_size=32, quantize=["rnn", "gru"], quantize_max_accuracy_drop=0.05)
     figures = {}
-    for name, model in MODELS.items():
-        train_cfg = TrainConfig(model=model, lr=0.01, schedule="onecycle", epochs=6, batch_size=32, device="cpu")
-        result = fit(train_cfg, train, test, seed=0, log=lambda _: None)
-        save_checkpoint(out / f"{name}.pt", result, train_cfg, NORM)
-        ckpt = load_checkpoint(out / f"{name}.pt", model)
-        figures[name] = export_checkpoint(name, ckpt, cfg, pixels, test.labels.numpy(), out, ["CPUExecutionProvider"],
-                                          log=lambda _: None)
-    return out, figures, pixels, test.labels.numpy()
+    for name in MODELS:
+        train_tiny(name, train, test, out / f"{name}.pt")
+        ckpt = load_checkpoint(out / f"{name}.pt", MODELS[name])
+        result = export_checkpoint(name, ckpt, checkpoint_sha256(out / f"{name}.pt"), cfg, pixels, labels, out,
+                                   ["CPUExecutionProvider"], log=lambda _: None)
+        int8 = quantize_checked(result.proto, pixels, labels, result.figures["test_accuracy"],
+                                cfg.quantize_max_accuracy_drop)
+        if int8.kept:
+            write_bytes(out / f"{name}.int8.onnx", int8.model.SerializeToString())
+        figures[name] = {**result.figures, "int8": int8.figures}
+    return out, figures, pixels, labels

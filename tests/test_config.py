@@ -4,20 +4,26 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from fmnist_seq.config import (DownloadConfig, ExportConfig, PrepareConfig, TrainConfig, build, load_block,
-                               load_export, load_seed)
+from fmnist_seq.config import (MODEL_NAMES, DownloadConfig, EvaluateConfig, ExportConfig, PrepareConfig,
+                               TrainConfig, as_dict, build, load_block, load_export, load_seed)
 from fmnist_seq.errors import ParamsError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def test_project_params_load():
-    assert build(DownloadConfig, PARAMS["download"], "download").sources
-    assert build(PrepareConfig, PARAMS["prepare"], "prepare").valid_ratio == 0.1
-    for block in ("train_rnn", "train_gru"):
-        cfg = build(TrainConfig, PARAMS[block], block)
-        assert cfg.model.hidden_size == 128
-    assert build(ExportConfig, PARAMS["export"], "export").models == ["rnn", "gru"]
+def test_project_params_load_and_spell_out_every_key():
+    """The committed params.yaml is valid, and lists every key (no silent defaults), whatever its values."""
+    blocks = {"download": DownloadConfig, "prepare": PrepareConfig, "train_rnn": TrainConfig,
+              "train_gru": TrainConfig, "evaluate": EvaluateConfig, "export": ExportConfig}
+    for block, cls in blocks.items():
+        cfg = build(cls, PARAMS[block], block)
+        written = PARAMS[block]
+        assert set(written) == set(as_dict(cfg)), f"{block} should list every key explicitly"
+        if cls is TrainConfig:
+            assert set(written["model"]) == set(as_dict(cfg.model)), f"{block}.model should list every key"
+            assert cfg.model.cell == block.removeprefix("train_")  # each block trains its own model
+    load_seed(ROOT / "params.yaml")
+    assert set(build(ExportConfig, PARAMS["export"], "export").models) <= set(MODEL_NAMES)
 
 
 def _train(**changes):
@@ -40,6 +46,12 @@ def _train(**changes):
     ({"batch_size": 12.5}, "train_gru.batch_size = 12.5 is not valid: expected an integer"),
     ({"model__bidirectional": "yes"}, "expected true or false"),
     ({"label_smoothing": 1.0}, "must be >= 0 and < 1"),
+    ({"workers": 0}, "train_gru.workers = 0 is out of range: must be >= 1"),
+    ({"workers": -2}, "train_gru.workers = -2 is out of range: must be >= 1"),
+    ({"workers": "many"}, "train_gru.workers = 'many' is not valid: expected an integer or one of 'auto'"),
+    ({"workers": 4, "batch_size": 3}, "train_gru.workers = 4 is out of range: must be <= train_gru.batch_size (3)"),
+    ({"model__head": "attention"}, "train_gru.model.head = 'attention' is not valid: expected one of 'all_steps'"),
+    ({"model__dropout": -0.1}, "train_gru.model.dropout = -0.1 is out of range: must be >= 0 and < 1"),
 ])
 def test_bad_train_values_name_key_value_and_rule(changes, fragment):
     with pytest.raises(ParamsError) as err:
@@ -92,3 +104,8 @@ def test_load_block_seed_and_export_from_file(tmp_path):
     path.write_text("seed: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_seed(path)
+
+
+def test_workers_accepts_auto_and_numbers():
+    assert _train(workers="auto").workers == "auto"
+    assert _train(workers=2).workers == 2

@@ -4,8 +4,8 @@ import torch
 
 from conftest import make_dataset
 from fmnist_seq.config import DownloadConfig, FileSpec
-from fmnist_seq.data import (Normalization, RAW_FILES, data_metrics, examples_per_class, load_split,
-                             prepare_splits, read_raw, save_prepared, load_normalization, stratified_split)
+from fmnist_seq.data import (Normalization, data_metrics, examples_per_class, load_normalization, load_split,
+                             prepare_splits, read_raw, save_prepared, stratified_split)
 from fmnist_seq.download import fetch_all
 from fmnist_seq.errors import DataError
 
@@ -36,14 +36,17 @@ def test_split_is_deterministic_and_seed_dependent(raw):
     assert not torch.equal(a[1], c[1])
 
 
-def test_normalization_comes_from_train_split_only(raw, tmp_path):
+def test_splits_keep_raw_pixels_and_statistics_come_from_train_only(raw, tmp_path):
     splits, norm = prepare_splits(raw, 0.1, seed=3)
     train_pixels = raw["train_images"][splits["train"].source_index].double() / 255
     assert norm.mean == pytest.approx(train_pixels.mean().item())
     assert norm.std == pytest.approx(train_pixels.std().item())
-    assert splits["train"].images.mean().item() == pytest.approx(0, abs=1e-4)
-    assert splits["train"].images.dtype == torch.float32 and splits["test"].labels.dtype == torch.int64
-    assert len(splits["test"]) == 100
+    all_pixels = raw["train_images"].double() / 255  # valid is held out: its pixels must not move the statistics
+    assert norm.mean != pytest.approx(all_pixels.mean().item(), abs=1e-9)
+    for name, split in splits.items():  # one form of the data: the IDX file's own uint8 pixels
+        source = raw["test_images" if name == "test" else "train_images"]
+        assert split.images.dtype == torch.uint8 and torch.equal(split.images, source[split.source_index])
+    assert splits["test"].labels.dtype == torch.int64 and len(splits["test"]) == 100
     save_prepared(splits, norm, tmp_path)
     again = load_split(tmp_path, "valid")
     assert torch.equal(again.images, splits["valid"].images)
@@ -66,11 +69,13 @@ def test_missing_raw_file_and_bad_prepared_file(tmp_path):
         load_split(tmp_path, "train")
     with pytest.raises(DataError, match="rerun `dvc repro prepare`"):
         load_normalization(tmp_path)
+    # A split written by an older version (normalized floats) is refused, not silently normalized twice.
+    torch.save({"images": torch.zeros(2, 28, 28), "labels": torch.zeros(2, dtype=torch.long),
+                "source_index": torch.arange(2)}, tmp_path / "valid.pt")
+    with pytest.raises(DataError, match="float32 images, not uint8 pixels"):
+        load_split(tmp_path, "valid")
 
 
-def test_normalization_apply_matches_definition():
-    norm = Normalization(mean=0.5, std=0.25)
-    out = norm.apply(torch.tensor([0, 255], dtype=torch.uint8))
-    assert out.tolist() == [-2.0, 2.0]
-    assert RAW_FILES["test_labels"] == "t10k-labels-idx1-ubyte"
-    assert np.isclose(Normalization.fit(torch.tensor([0, 255], dtype=torch.uint8)).mean, 0.5)
+def test_normalization_fit_uses_the_0_1_scale():
+    norm = Normalization.fit(torch.tensor([0, 255, 255, 0], dtype=torch.uint8))
+    assert norm.mean == pytest.approx(0.5) and norm.std == pytest.approx(np.std([0, 1, 1, 0], ddof=1))

@@ -3,8 +3,9 @@ import hashlib
 
 import pytest
 
-from conftest import NAMES, idx_bytes
+from conftest import idx_bytes
 from fmnist_seq.atomic import atomic_dir, atomic_path
+from fmnist_seq.data import RAW_FILES
 from fmnist_seq.config import DownloadConfig, FileSpec
 from fmnist_seq.download import SourceError, check_idx, fetch_all, fetch_from_source
 from fmnist_seq.errors import DataError
@@ -48,7 +49,7 @@ def test_truncated_gzip_is_rejected_and_next_source_used(tmp_path, synthetic_dir
     good, files = synthetic_dir
     bad = tmp_path / "bad"
     bad.mkdir()
-    name = NAMES["train_labels"]
+    name = RAW_FILES["train_labels"]
     blob = (good / f"{name}.gz").read_bytes()
     (bad / f"{name}.gz").write_bytes(blob[: len(blob) // 2])
     cfg = _cfg([str(bad), good.as_uri()], files)
@@ -57,24 +58,24 @@ def test_truncated_gzip_is_rejected_and_next_source_used(tmp_path, synthetic_dir
     report = fetch_all(cfg, tmp_path / "raw")
     assert report.used[name] == good.as_uri()
     assert "not a complete gzip file" in report.rejected[name][0]
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(NAMES.values())
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(RAW_FILES.values())
 
 
 def test_folder_may_hold_decompressed_files(tmp_path, synthetic_dir):
     good, files = synthetic_dir
     plain = tmp_path / "plain"
     plain.mkdir()
-    for name in NAMES.values():
+    for name in RAW_FILES.values():
         (plain / name).write_bytes(gzip.decompress((good / f"{name}.gz").read_bytes()))
     fetch_all(_cfg([str(plain)], files), tmp_path / "raw")
-    assert (tmp_path / "raw" / NAMES["test_images"]).stat().st_size == 16 + 100 * 784
+    assert (tmp_path / "raw" / RAW_FILES["test_images"]).stat().st_size == 16 + 100 * 784
 
 
 def test_http_source_and_error_lists_every_source(tmp_path, http_mirror):
     url, folder, files = http_mirror
     fetch_all(_cfg([url], files), tmp_path / "raw")
     assert len(list((tmp_path / "raw").iterdir())) == 4
-    files = {**files, NAMES["test_labels"]: {**files[NAMES["test_labels"]], "sha256": "0" * 64}}
+    files = {**files, RAW_FILES["test_labels"]: {**files[RAW_FILES["test_labels"]], "sha256": "0" * 64}}
     out = tmp_path / "raw2"
     with pytest.raises(DataError) as err:
         fetch_all(_cfg([str(tmp_path / "nowhere"), url, "http://127.0.0.1:9/"], files), out)
@@ -90,9 +91,9 @@ def test_http_404_and_unsupported_scheme(http_mirror):
     url, _, files = http_mirror
     cfg = _cfg([url], files)
     with pytest.raises(SourceError, match="HTTP 404"):
-        fetch_from_source(url + "/missing", NAMES["test_labels"], cfg)
+        fetch_from_source(url + "/missing", RAW_FILES["test_labels"], cfg)
     with pytest.raises(SourceError, match="unsupported scheme 'ftp'"):
-        fetch_from_source("ftp://example.com/x", NAMES["test_labels"], cfg)
+        fetch_from_source("ftp://example.com/x", RAW_FILES["test_labels"], cfg)
 
 
 def test_atomic_path_keeps_old_file_on_failure(tmp_path):

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES, class_key
-from fmnist_seq.evaluation import classification_metrics, confusion, misclassified, predictions_csv, summary_markdown
+from fmnist_seq.evaluation import (Evaluation, classification_metrics, confusion, misclassified, predictions_csv,
+                                   summary_markdown)
 
 
 def test_metrics_agree_with_the_confusion_matrix():
@@ -43,8 +44,9 @@ def test_predictions_csv_uses_class_names():
 def test_misclassified_and_summary():
     assert misclassified(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 0, 3, 0]), 5) == [1, 3]
     per_class = {k: {"precision": 1.0, "recall": 1.0, "f1": 0.5 if k == "shirt" else 0.9} for k in CLASS_KEYS}
-    results = {name: {"test": {"accuracy": acc, "loss": 0.3, "macro_f1": 0.9, "per_class": per_class},
-                      "valid": {"accuracy": 0.9, "loss": 0.3}, "selected_epoch": 4}
+    results = {name: Evaluation(metrics={"test_accuracy": acc, "test_loss": 0.3, "selected_epoch": 4,
+                                         "test_macro_f1": 0.9, "valid_accuracy": 0.9, "valid_loss": 0.3},
+                                per_class=per_class, confusion=[], predicted=torch.zeros(0))
                for name, acc in (("rnn", 0.8912), ("gru", 0.9134))}
     text = summary_markdown(results)
     assert "| rnn | 89.12% | 88% | +1.12 pts |" in text

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import commit, dvc, make_dataset, make_project, run, serve
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
@@ -70,10 +72,13 @@ def _queue_states(project) -> tuple[dict[str, str], bool]:
 
 
 def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
+    """Two experiments at once, each training the GRU with two data-parallel workers: their launchers pick
+    their own free ports and their own temporary copies, so they do not collide; a bad value fails alone."""
     project, _ = reproduced
     dvc("exp", "run", "--queue", "-n", "bad-layers", "-S", "train_gru.model.num_layers=0", cwd=project)
     dvc("exp", "run", "--queue", "-n", "good-dropout", "-S", "train_gru.model.dropout=0.3", cwd=project)
-    dvc("queue", "start", "-j", "1", cwd=project)
+    dvc("exp", "run", "--queue", "-n", "good-lr", "-S", "train_gru.lr=0.02", cwd=project)
+    dvc("queue", "start", "-j", "2", cwd=project)
     deadline, restarts = time.monotonic() + 600, 0
     while time.monotonic() < deadline:
         states, worker_alive = _queue_states(project)
@@ -83,9 +88,13 @@ def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
             # DVC's filesystem broker can kill the worker between tasks (treeverse/dvc#10428);
             # the documented workaround is to start it again, which resumes the queue.
             restarts += 1
-            dvc("queue", "start", "-j", "1", cwd=project)
+            dvc("queue", "start", "-j", "2", cwd=project)
         time.sleep(2)
     dvc("queue", "stop", cwd=project, check=False)
-    assert states.get("bad-layers") == "Failed" and states.get("good-dropout") == "Success", states
+    assert states.get("bad-layers") == "Failed", states
+    assert states.get("good-dropout") == "Success" and states.get("good-lr") == "Success", states
     log = dvc("queue", "logs", "bad-layers", cwd=project, check=False).stdout
     assert "train_gru.model.num_layers = 0 is out of range: must be >= 1" in log
+    for name in ("good-dropout", "good-lr"):
+        log = dvc("queue", "logs", name, cwd=project).stdout
+        assert "2 worker(s)" in log, log[-2000:]

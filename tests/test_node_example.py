@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, idx_bytes
-from fmnist_seq.onnx_export import onnx_outputs
+from fmnist_seq.parity import onnx_logits
 from fmnist_seq.runtime import open_session
 
 EXAMPLE = ROOT / "examples" / "node"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
     shutil.which("node") is None or not (EXAMPLE / "node_modules" / "onnxruntime-node").is_dir(),
-    reason="needs Node.js and `make node-example` (npm ci in examples/node)")
+    reason="needs Node.js and `make node-example` (npm ci in examples/node)")]
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru"])
@@ -29,7 +29,7 @@ def test_node_accuracy_matches_python(exported, tmp_path, name):
                              str(label_file), "--json"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    logits = onnx_outputs(open_session(out / f"{name}.onnx", ["CPUExecutionProvider"]), pixels)
+    logits = onnx_logits(open_session(out / f"{name}.onnx", ["CPUExecutionProvider"]), pixels)
     assert report["images"] == len(labels)
     assert report["correct"] == int((logits.argmax(1) == labels).sum())
     assert report["first_predictions"][0] in json.loads(

@@ -2,14 +2,28 @@
 
 import csv
 import json
+import re
 from collections import Counter
 
 import onnxruntime as ort
+import pytest
 
-from conftest import NAMES, commit, dvc, write_params
+from conftest import commit, dvc, write_params
 from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES
+from fmnist_seq.data import RAW_FILES
+
+pytestmark = pytest.mark.e2e
 
 STAGES = ("download", "prepare", "train_rnn", "train_gru", "evaluate", "export")
+# Words that name a measurement of the machine: none may appear in a declared metric.
+TIMING = re.compile(r"seconds|_s$|per_s|latency|gflops|speedup|threads|elapsed")
+
+
+def flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys += flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+    return keys
 
 
 def ran(result) -> set[str]:
@@ -19,26 +33,32 @@ def ran(result) -> set[str]:
 def test_full_pipeline_reruns_only_what_changed(project):
     first = dvc("repro", cwd=project)
     assert ran(first) == set(STAGES)
-    for name in NAMES.values():
+    for name in RAW_FILES.values():
         assert (project / "data/raw" / name).is_file()
     for path in ("data/prepared/train.pt", "models/rnn.pt", "models/gru.pt", "models/onnx/gru.onnx",
                  "models/onnx/rnn.onnx", "results/data/examples.png", "results/train/gru/plots/images/learning_curve.png",
                  "results/evaluate/confusion_gru.png", "results/evaluate/per_class_accuracy.png",
                  "results/evaluate/misclassified_rnn.png", "results/evaluate/summary.md"):
         assert (project / path).is_file(), path
+    # Timings live in their own files, beside the metrics; the GRU trained with two workers, the RNN with one.
+    gru_timings = json.loads((project / "results/train/gru/timings.json").read_text())
+    rnn_timings = json.loads((project / "results/train/rnn/timings.json").read_text())
+    assert (gru_timings["workers"], rnn_timings["workers"]) == (2, 1) and gru_timings["train_seconds"] > 0
+    export_timings = json.loads((project / "results/export/timings.json").read_text())
+    assert export_timings["gru"]["onnxruntime_cpu_images_per_s"] > 0 and export_timings["matmul_gflops_torch"] > 0
 
     metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
     per_class = json.loads((project / "results/evaluate/per_class.json").read_text())
     for model in ("rnn", "gru"):
-        test = metrics[model]["test"]
-        assert 0 <= test["accuracy"] <= 1 and test["loss"] > 0 and 0 <= test["macro_f1"] <= 1
-        assert 1 <= metrics[model]["selected_epoch"] <= 3
-        assert 0 <= metrics[model]["valid"]["accuracy"] <= 1
+        m = metrics[model]
+        assert list(m)[:3] == ["test_accuracy", "test_loss", "selected_epoch"]  # what `dvc exp show` lists first
+        assert 0 <= m["test_accuracy"] <= 1 and m["test_loss"] > 0 and 0 <= m["test_macro_f1"] <= 1
+        assert 1 <= m["selected_epoch"] <= 3 and 0 <= m["valid_accuracy"] <= 1 and m["parameters"] > 0
         with open(project / f"results/evaluate/{model}_predictions.csv") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 100  # the confusion matrix sums to the test size
         pairs = Counter((r["actual"], r["predicted"]) for r in rows)
-        assert sum(pairs[(n, n)] for n in CLASS_NAMES) / 100 == test["accuracy"]
+        assert sum(pairs[(n, n)] for n in CLASS_NAMES) / 100 == m["test_accuracy"]
         for name, key in zip(CLASS_NAMES, CLASS_KEYS):
             actual = sum(v for (a, _), v in pairs.items() if a == name)
             assert per_class[model][key]["recall"] == pairs[(name, name)] / actual
@@ -51,10 +71,30 @@ def test_full_pipeline_reruns_only_what_changed(project):
     second = dvc("repro", cwd=project)
     assert ran(second) == set() and "up to date" in second.stdout
 
-    shown = dvc("metrics", "show", "--json", cwd=project)
-    assert "gru" in shown.stdout and "accuracy" in shown.stdout
-    dvc("plots", "show", "--json", cwd=project)
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=project).stdout)
+    declared = {path: data["data"] for path, data in shown[""]["data"].items()}
+    assert set(declared) == {"results/data/metrics.json", "results/evaluate/metrics.json",
+                             "results/export/metrics.json"}
+    keys = [f"{path}:{key}" for path, data in declared.items() for key in flat_keys(data)]
+    assert "results/evaluate/metrics.json:gru.test_accuracy" in keys
+    assert not [key for key in keys if TIMING.search(key)], "declared metrics hold results only, no timings"
+
+    plots = json.loads(dvc("plots", "show", "--json", cwd=project).stdout)["data"]
+    loss = json.dumps(plots["Loss"])  # both models' train and valid curves, one point per epoch
+    for series in ("rnn/plots/metrics/train/loss.tsv", "gru/plots/metrics/valid/loss.tsv"):
+        assert series in loss
+    assert '"step": "3"' in loss or '"step": 3' in loss
+    confusion = json.dumps(plots["results/evaluate/gru_predictions.csv"])
+    assert "Ankle boot" in confusion and "confusion" in confusion.lower()
+    assert "results/train/gru/plots/images/learning_curve.png" in plots
     commit(project, "baseline")  # what `dvc metrics diff` compares against
+
+    # Same params, same seed, same machine: a forced rerun of every stage changes no metric at all.
+    forced = dvc("repro", "-f", cwd=project)
+    assert ran(forced) == set(STAGES)
+    assert dvc("metrics", "diff", cwd=project).stdout.strip() == ""
+    assert json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout) == {}
+    commit(project, "forced rerun")
 
     # Changing one model's parameter reruns that model's training, never the other's.
     write_params(project, {"train_gru": {"lr": 0.02}})
@@ -64,11 +104,10 @@ def test_full_pipeline_reruns_only_what_changed(project):
     third = dvc("repro", cwd=project)
     assert "train_gru" in ran(third) and "train_rnn" not in ran(third)
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
-    # (export timings are remeasured whenever export reruns, so results/export is left out here)
-    assert "results/train/rnn/metrics.json" not in diff and "results/train/gru/metrics.json" in diff
     evaluated = diff["results/evaluate/metrics.json"]
-    assert any(k.startswith("gru.test") for k in evaluated)
+    assert "gru.test_accuracy" in evaluated or "gru.test_loss" in evaluated
     assert not any(k.startswith("rnn.") for k in evaluated), evaluated
+    assert not any(k.startswith("rnn.") for k in diff.get("results/export/metrics.json", {}))
 
     # A value that cannot train stops before any work, with the key in the message.
     write_params(project, {"train_gru": {"model": {"hidden_size": 0}}})
@@ -80,7 +119,7 @@ def test_full_pipeline_reruns_only_what_changed(project):
 
 def test_corrupted_mirror_file_gives_clear_error_and_no_output(project, http_mirror):
     _, folder, _ = http_mirror
-    target = folder / f"{NAMES['test_images']}.gz"
+    target = folder / f"{RAW_FILES['test_images']}.gz"
     target.write_bytes(target.read_bytes()[:200])
     result = dvc("repro", "download", cwd=project, check=False)
     assert result.returncode != 0

@@ -1,15 +1,15 @@
-import math
+import os
 
 import pytest
 import torch
 
-from conftest import easy_split
-from fmnist_seq.checkpoint import load_checkpoint, save_checkpoint
-from fmnist_seq.config import ModelConfig, TrainConfig
+from conftest import NORM, easy_split
+from fmnist_seq.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from fmnist_seq.config import ModelConfig, TrainConfig, as_dict
 from fmnist_seq.data import Normalization, Split
 from fmnist_seq.errors import CheckpointError, TrainingError
-from fmnist_seq.models import SequenceClassifier, count_parameters, forward_flops
-from fmnist_seq.training import EarlyStopping, fit
+from fmnist_seq.models import SequenceClassifier, count_parameters, forward_flops, predict_logits
+from fmnist_seq.training import EarlyStopping, fit, global_batches, seed_everything
 
 
 RNN = ModelConfig(cell="rnn", hidden_size=16, num_layers=1, bidirectional=True, head="all_steps", head_hidden=32,
@@ -22,8 +22,12 @@ TRAIN, VALID = easy_split(20, 0), easy_split(5, 1)
 
 def cfg(model: ModelConfig, **overrides) -> TrainConfig:
     base = dict(model=model, optimizer="adamw", lr=0.01, schedule="onecycle", batch_size=32, epochs=4, patience=0,
-                grad_clip=1.0, label_smoothing=0.05, device="cpu")
+                grad_clip=1.0, label_smoothing=0.05, device="cpu", workers=1)
     return TrainConfig(**{**base, **overrides})
+
+
+def train(config: TrainConfig, train_split: Split = TRAIN, seed: int = 0):
+    return fit(config, train_split, VALID, NORM, seed=seed, log=quiet)
 
 
 def quiet(_: str) -> None:
@@ -32,18 +36,18 @@ def quiet(_: str) -> None:
 
 @pytest.mark.parametrize("model", [RNN, GRU], ids=["rnn", "gru"])
 def test_trained_model_beats_chance_clearly(model):
-    result = fit(cfg(model, epochs=6), TRAIN, VALID, seed=0, log=quiet)
+    result = train(cfg(model, epochs=6))
     assert result.selected.valid_accuracy >= 0.6  # chance is 0.1
     assert result.selected_epoch == min(range(1, 7), key=lambda e: result.history[e - 1].valid_loss)
 
 
 def test_training_is_deterministic_on_cpu():
-    a = fit(cfg(GRU, epochs=2), TRAIN, VALID, seed=5, log=quiet)
-    b = fit(cfg(GRU, epochs=2), TRAIN, VALID, seed=5, log=quiet)
+    a = train(cfg(GRU, epochs=2), seed=5)
+    b = train(cfg(GRU, epochs=2), seed=5)
     assert [r.valid_loss for r in a.history] == [r.valid_loss for r in b.history]
     for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(va, vb), k
-    c = fit(cfg(GRU, epochs=2), TRAIN, VALID, seed=6, log=quiet)
+    c = train(cfg(GRU, epochs=2), seed=6)
     assert [r.valid_loss for r in c.history] != [r.valid_loss for r in a.history]
 
 
@@ -64,41 +68,81 @@ def test_early_stopping_selects_best_validation_loss():
 
 
 def test_fit_stops_early_and_keeps_selected_weights():
-    result = fit(cfg(GRU, epochs=8, patience=1, lr=0.2, schedule="constant", optimizer="sgd"), TRAIN, VALID,
-                 seed=0, log=quiet)
+    result = train(cfg(GRU, epochs=8, patience=1, lr=0.5, schedule="constant", optimizer="sgd"))
     losses = [r.valid_loss for r in result.history]
+    assert len(losses) < 8, "this run is meant to stop early"
     assert result.selected_epoch == losses.index(min(losses)) + 1
     logits = result.model.eval()(VALID.images)
     loss = torch.nn.functional.cross_entropy(logits, VALID.labels).item()
     assert loss == pytest.approx(result.selected.valid_loss, rel=1e-4)
 
 
-def test_non_finite_loss_stops_with_epoch_and_step():
-    bad = Split(images=TRAIN.images.clone(), labels=TRAIN.labels, source_index=TRAIN.source_index)
-    bad.images[40, 3, 3] = math.nan
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step \d+"):
-        fit(cfg(GRU, epochs=1), bad, VALID, seed=0, log=quiet)
+def test_non_finite_loss_stops_with_the_epoch():
+    broken = Normalization(mean=0.0, std=0.0)  # 0/0 for background pixels: NaN inputs, NaN loss
+    with pytest.raises(TrainingError, match=r"training loss became nan in epoch 1: training diverged"):
+        fit(cfg(GRU, epochs=2), TRAIN, VALID, broken, seed=0, log=quiet)
 
 
-def test_model_shapes_flops_and_parameters():
-    x = torch.zeros(3, 28, 28)
-    for model_cfg in (RNN, GRU, ModelConfig(cell="gru", hidden_size=8, bidirectional=True, num_layers=2)):
-        assert SequenceClassifier(model_cfg)(x).shape == (3, 10)
+def test_global_batches_cover_the_epoch_and_drop_only_a_too_small_tail():
+    assert [(b.start, b.stop) for b in global_batches(70, 32, 1)] == [(0, 32), (32, 64), (64, 70)]
+    assert [(b.start, b.stop) for b in global_batches(70, 32, 2)] == [(0, 32), (32, 64), (64, 70)]
+    assert [(b.start, b.stop) for b in global_batches(65, 32, 2)] == [(0, 32), (32, 64)]  # 1 image, 2 workers
+    assert len(global_batches(64, 32, 2)) == 2
+
+
+@pytest.mark.parametrize("head", ["all_steps", "last_step", "mean_steps", "max_steps"])
+def test_model_shapes_for_every_head(head):
+    x = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    for bidirectional in (False, True):
+        model_cfg = ModelConfig(cell="gru", hidden_size=8, num_layers=2, bidirectional=bidirectional, head=head)
+        assert SequenceClassifier(model_cfg, 0.5, 0.25)(x).shape == (3, 10)
+
+
+def test_pooled_heads_pool_over_the_rows():
+    model = SequenceClassifier(ModelConfig(cell="gru", hidden_size=4, head="mean_steps"), 0.0, 1.0).eval()
+    pixels = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8)
+    outputs, _ = model.encoder(pixels.float() / 255.0)
+    assert torch.allclose(model(pixels), model.head(outputs.mean(dim=1)))
+    model.cfg = ModelConfig(cell="gru", hidden_size=4, head="max_steps")
+    assert torch.allclose(model(pixels), model.head(outputs.amax(dim=1)))
+    model.cfg = ModelConfig(cell="gru", hidden_size=4, head="last_step")
+    assert torch.allclose(model(pixels), model.head(outputs[:, -1]))
+
+
+def test_model_normalizes_raw_pixels_itself():
+    model = SequenceClassifier(GRU, mean=0.25, std=0.5).eval()
+    pixels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    expected = (pixels.float() / 255.0 - 0.25) / 0.5
+    captured = {}
+
+    def capture(module, args, output) -> None:
+        captured["x"] = args[0]
+
+    model.encoder.register_forward_hook(capture)
+    model(pixels)
+    assert torch.equal(captured["x"], expected)
+    assert model.normalization == (0.25, 0.5)
+    assert {"pixel_mean", "pixel_std"} <= set(model.state_dict())  # saved with the weights
+
+
+def test_report_sizes_flops_and_parameters():
     report_rnn = ModelConfig(cell="rnn", hidden_size=128, bidirectional=True, head="all_steps", head_hidden=512)
     report_gru = ModelConfig(cell="gru", hidden_size=128, num_layers=2)
-    assert count_parameters(SequenceClassifier(report_rnn)) == 3_716_106
+    assert count_parameters(SequenceClassifier(report_rnn, 0.0, 1.0)) == 3_716_106
     assert round(forward_flops(report_rnn) / 1e6, 1) == 9.6
     assert round(forward_flops(report_gru) / 1e6, 1) == 8.9
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
-    result = fit(cfg(GRU, epochs=1), TRAIN, VALID, seed=0, log=quiet)
+    result = train(cfg(GRU, epochs=1))
     path = tmp_path / "gru.pt"
-    save_checkpoint(path, result, cfg(GRU, epochs=1), Normalization(0.2, 0.3))
+    save_checkpoint(path, result.model, as_dict(cfg(GRU, epochs=1)), result.selected_epoch,
+                    {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
+                    [r.results() for r in result.history])
     ckpt = load_checkpoint(path, GRU)
-    assert ckpt.selected_epoch == 1 and ckpt.normalization == Normalization(0.2, 0.3)
-    assert ckpt.valid["accuracy"] == result.selected.valid_accuracy
-    assert torch.equal(ckpt.model(VALID.images[:4]), result.model.eval()(VALID.images[:4]))
+    assert ckpt.selected_epoch == 1 and ckpt.model.normalization == pytest.approx((NORM.mean, NORM.std))
+    assert ckpt.valid["accuracy"] == result.selected.valid_accuracy and ckpt.train_params["model"]["cell"] == "gru"
+    assert torch.equal(predict_logits(ckpt.model, VALID.images, 50), predict_logits(result.model, VALID.images, 50))
     torch.load(path, weights_only=True)  # never needs arbitrary unpickling
     other = ModelConfig(cell="gru", hidden_size=32, num_layers=2)
     with pytest.raises(CheckpointError, match=r"gru.pt was trained with another architecture.*hidden_size: checkpoint 16 vs params 32"):
@@ -111,16 +155,24 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     blob = torch.load(path, weights_only=True)
     del blob["valid"]
+    torch.save(blob, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="broken.pt is not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "broken.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["format_version"] = FORMAT_VERSION - 1  # float inputs, normalization outside the model
     torch.save(blob, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match="old.pt is not a checkpoint of this project"):
+    with pytest.raises(CheckpointError, match=f"old.pt has checkpoint format 1, this code reads {FORMAT_VERSION}"):
         load_checkpoint(tmp_path / "old.pt")
 
 
-def test_cublas_workspace_is_fixed_for_deterministic_cuda_matmuls():
-    # Without it, deterministic mode on CUDA cannot make cuBLAS reproducible; it must be set before any
-    # CUDA matmul, which importing the training module guarantees for the stages.
-    import os
-
-    import fmnist_seq.training  # noqa: F401
-
-    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
+def test_cublas_workspace_is_fixed_before_cuda_training(monkeypatch):
+    # Deterministic mode on CUDA needs cuBLAS's fixed workspace, read when the first handle is made: training on
+    # CUDA sets it when it seeds, before any matmul; on the CPU the environment is left alone.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seed_everything(0, torch.device("cpu"))
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    try:
+        seed_everything(0, torch.device("cuda"))  # only sets flags: needs no GPU
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(True)

@@ -2,47 +2,49 @@
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fmnist_seq.atomic import atomic_path
-from fmnist_seq.config import ModelConfig, TrainConfig, as_dict, build
-from fmnist_seq.data import Normalization
+from fmnist_seq.atomic import write_bytes
+from fmnist_seq.config import ModelConfig, as_dict, build
 from fmnist_seq.errors import CheckpointError, ParamsError
 from fmnist_seq.models import SequenceClassifier
-from fmnist_seq.training import TrainResult
 
-FORMAT_VERSION = 1
+# 2: uint8 input, the normalization statistics are buffers in the state dict.
+FORMAT_VERSION = 2
 
 
 @dataclass
 class Checkpoint:
-    model: SequenceClassifier
+    model: SequenceClassifier  # in eval mode, normalization included
     model_config: ModelConfig
-    normalization: Normalization
     selected_epoch: int
     valid: dict[str, float]  # loss and accuracy of the selected epoch
-    train_params: dict[str, Any]
-    history: list[dict[str, float]]
+    train_params: dict[str, Any]  # the whole train_<model> block it was trained with
+    history: list[dict[str, float]]  # per epoch: losses, accuracies, lr (no timings: see timings.json)
 
 
-def save_checkpoint(path: str | Path, result: TrainResult, cfg: TrainConfig, norm: Normalization) -> None:
+def save_checkpoint(path: str | Path, model: SequenceClassifier, train_params: dict[str, Any], selected_epoch: int,
+                    valid: dict[str, float], history: list[dict[str, float]]) -> None:
     blob = {
         "format_version": FORMAT_VERSION,
-        "state_dict": result.model.state_dict(),
-        "model_config": as_dict(cfg.model),
-        "train_params": as_dict(cfg),
-        "normalization": {"mean": norm.mean, "std": norm.std},
-        "selected_epoch": result.selected_epoch,
-        "valid": {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
-        "history": [dataclasses.asdict(r) for r in result.history],
+        "state_dict": model.state_dict(),
+        "model_config": as_dict(model.cfg),
+        "train_params": train_params,
+        "selected_epoch": selected_epoch,
+        "valid": valid,
+        "history": history,
     }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
+    # Saved through memory: torch.save names the archive after its file, and the atomic write's temporary
+    # name is random. Same training, same bytes, so the exported models' checkpoint_sha256 is stable too.
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Checkpoint:
@@ -52,12 +54,17 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Ch
         raise CheckpointError(f"{path} is missing: run the training stage first (`dvc repro`)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        version = blob.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{path} has checkpoint format {version}, this code reads {FORMAT_VERSION}: "
+                                  "rerun its training stage (`dvc repro`)")
         stored = build(ModelConfig, blob["model_config"], f"{path}:model_config")
-        norm = Normalization(float(blob["normalization"]["mean"]), float(blob["normalization"]["std"]))
         fields = {"selected_epoch": int(blob["selected_epoch"]), "valid": dict(blob["valid"]),
                   "train_params": blob["train_params"], "history": list(blob["history"])}
         state_dict = blob["state_dict"]
-    except (ParamsError, KeyError, TypeError, ValueError) as exc:
+    except CheckpointError:
+        raise
+    except (ParamsError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} is not a checkpoint of this project ({exc}); rerun its training stage") from None
     except Exception as exc:  # truncated zip, foreign pickle, ...
         raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}); "
@@ -67,7 +74,7 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Ch
                  for k in as_dict(expected) if getattr(stored, k) != getattr(expected, k)]
         raise CheckpointError(f"{path} was trained with another architecture than params.yaml says ("
                               + "; ".join(diffs) + "): rerun its training stage (`dvc repro`)")
-    model = SequenceClassifier(stored)
+    model = SequenceClassifier(stored, mean=0.0, std=1.0)  # the real statistics come with the state dict
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
@@ -75,4 +82,9 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Ch
         raise CheckpointError(f"{path}: weights do not fit the architecture {stored}: "
                               f"{' '.join(s.strip() for s in first[:3])}") from None
     model.eval()
-    return Checkpoint(model=model, model_config=stored, normalization=norm, **fields)
+    return Checkpoint(model=model, model_config=stored, **fields)
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """The file's SHA-256: what an exported model records as its origin."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

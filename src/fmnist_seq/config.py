@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
+from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -63,7 +64,8 @@ class ModelConfig:
     bidirectional: bool = False
     # all_steps: flatten every step's output -> Linear -> Dropout -> ReLU -> Linear (the report's RNN).
     # last_step: the final hidden state -> Dropout -> Linear (the report's GRU).
-    head: Literal["all_steps", "last_step"] = "last_step"
+    # mean_steps, max_steps: every step's output averaged or max-pooled over the 28 rows -> Dropout -> Linear.
+    head: Literal["all_steps", "last_step", "mean_steps", "max_steps"] = "last_step"
     head_hidden: int = _spec(512, ge=1)
     dropout: float = _spec(0.0, ge=0, lt=1)
     layer_dropout: float = _spec(0.0, ge=0, lt=1)
@@ -82,6 +84,14 @@ class TrainConfig:
     grad_clip: float = _spec(0.0, ge=0)  # 0 turns clipping off
     label_smoothing: float = _spec(0.0, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Data-parallel training processes: auto = one per physical core on the CPU, one per GPU on CUDA.
+    # batch_size stays the global batch, split across workers, so lr keeps its meaning at any count.
+    workers: Union[int, Literal["auto"]] = _spec("auto", ge=1)
+
+    def check(self, where: str) -> None:
+        if isinstance(self.workers, int) and self.workers > self.batch_size:
+            raise ParamsError(f"params.yaml: {where}.workers = {self.workers} is out of range: must be <= "
+                              f"{where}.batch_size ({self.batch_size}), so that every worker gets images each step")
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,13 @@ class ExportConfig:
     quantize_max_accuracy_drop: float = _spec(0.002, ge=0, lt=1)
 
 
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
 def _type_name(tp: Any) -> str:
+    if _is_union(tp):
+        return " or ".join(_type_name(arg) for arg in get_args(tp))
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if dataclasses.is_dataclass(tp):
@@ -123,6 +139,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     bad = ParamsError(f"params.yaml: {where} = {value!r} is not valid: expected {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
+    if _is_union(tp):
+        for option in get_args(tp):
+            try:
+                return _convert(value, option, where)
+            except ParamsError:
+                continue
+        raise bad
     if origin is Literal:
         if value not in get_args(tp):
             raise bad
@@ -157,6 +180,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 
 
 def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_bounds(value, meta, where)
+    if meta.get("nonempty") and len(value) == 0:
+        raise ParamsError(f"params.yaml: {where} is empty: give at least one entry")
+    if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
+        raise ParamsError(f"params.yaml: {where} = {value!r} does not match {meta['pattern']}")
+
+
+def _check_bounds(value: float, meta: Mapping[str, Any], where: str) -> None:
     bounds = [f"{op} {meta[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("lt", "<"))
               if meta.get(key) is not None]
     in_range = ((meta.get("ge") is None or value >= meta["ge"])
@@ -165,10 +197,6 @@ def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
     if not in_range:
         raise ParamsError(f"params.yaml: {where} = {value!r} is out of range: must be "
                           + " and ".join(bounds))
-    if meta.get("nonempty") and len(value) == 0:
-        raise ParamsError(f"params.yaml: {where} is empty: give at least one entry")
-    if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
-        raise ParamsError(f"params.yaml: {where} = {value!r} does not match {meta['pattern']}")
 
 
 def build(cls: type[T], data: Any, where: str) -> T:
@@ -191,7 +219,11 @@ def build(cls: type[T], data: Any, where: str) -> T:
         value = _convert(data[name], hints[name], key)
         _check_range(value, f.metadata, key)
         kwargs[name] = value
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    check = getattr(built, "check", None)
+    if check is not None:  # rules that tie several keys of one block together
+        check(where)
+    return built
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Raw IDX files -> normalized, split tensors, and the helpers every later stage uses to read them."""
+"""Raw IDX files -> stratified train/valid/test splits of uint8 pixels, saved once and read back by later stages.
+
+The data keeps one form from here on: uint8 pixels, exactly as in the IDX files. The train split's pixel
+statistics are computed here and stored beside the splits; the model owns the normalization that uses them.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ RAW_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-SPLITS = ("train", "valid", "test")
 STATS_FILE = "stats.json"
 
 
@@ -31,9 +34,6 @@ class Normalization:
     mean: float
     std: float
 
-    def apply(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return (images_uint8.float() / 255.0 - self.mean) / self.std
-
     @classmethod
     def fit(cls, images_uint8: torch.Tensor) -> "Normalization":
         pixels = images_uint8.double() / 255.0  # double: a float32 sum over 42M pixels drifts
@@ -42,7 +42,7 @@ class Normalization:
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, 28, 28) float32, normalized
+    images: torch.Tensor  # (N, 28, 28) uint8 pixels, 0 = background
     labels: torch.Tensor  # (N,) int64
     source_index: torch.Tensor  # (N,) int64, index in the raw file it came from
 
@@ -89,15 +89,15 @@ def prepare_splits(raw: dict[str, torch.Tensor], valid_ratio: float, seed: int
     # Statistics come from the train split alone, so nothing about valid or test leaks into training.
     norm = Normalization.fit(raw["train_images"][train_idx])
     splits = {
-        "train": Split(norm.apply(raw["train_images"][train_idx]), raw["train_labels"][train_idx].long(), train_idx),
-        "valid": Split(norm.apply(raw["train_images"][valid_idx]), raw["train_labels"][valid_idx].long(), valid_idx),
-        "test": Split(norm.apply(raw["test_images"]), raw["test_labels"].long(),
-                      torch.arange(len(raw["test_labels"]))),
+        "train": Split(raw["train_images"][train_idx], raw["train_labels"][train_idx].long(), train_idx),
+        "valid": Split(raw["train_images"][valid_idx], raw["train_labels"][valid_idx].long(), valid_idx),
+        "test": Split(raw["test_images"], raw["test_labels"].long(), torch.arange(len(raw["test_labels"]))),
     }
     return splits, norm
 
 
-def save_prepared(splits: dict[str, Split], norm: Normalization, out_dir: Path) -> None:
+def save_prepared(splits: dict[str, Split], norm: Normalization, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
     for name, split in splits.items():
         with atomic_path(out_dir / f"{name}.pt") as tmp:
             torch.save({"images": split.images.contiguous(), "labels": split.labels,
@@ -111,9 +111,12 @@ def load_split(prepared_dir: str | Path, name: str) -> Split:
         raise DataError(f"{path} is missing: run the prepare stage first (`dvc repro prepare`)")
     try:
         blob = torch.load(path, weights_only=True)
-        return Split(blob["images"], blob["labels"], blob["source_index"])
+        split = Split(blob["images"], blob["labels"], blob["source_index"])
     except Exception as exc:  # a truncated or foreign file; say which one
         raise DataError(f"{path} is not a prepared split ({exc}); rerun `dvc repro prepare`") from None
+    if split.images.dtype != torch.uint8:  # written by an older version that stored normalized floats
+        raise DataError(f"{path} holds {split.images.dtype} images, not uint8 pixels; rerun `dvc repro prepare`")
+    return split
 
 
 def load_normalization(prepared_dir: str | Path) -> Normalization:

@@ -23,3 +23,7 @@ class CheckpointError(PipelineError):
 
 class ExportError(PipelineError):
     """The exported model does not match PyTorch or could not be written."""
+
+
+class InferenceError(PipelineError):
+    """An ONNX model cannot be loaded or run (missing or broken file, an execution provider that did not start)."""

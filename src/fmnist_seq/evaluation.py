@@ -1,13 +1,17 @@
-"""Test-set metrics from logits: accuracy, mean loss, confusion matrix, per-class precision/recall/F1."""
+"""Test-set metrics of a checkpoint: accuracy, mean loss, confusion matrix, per-class precision/recall/F1."""
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 
 import torch
 
+from fmnist_seq.checkpoint import Checkpoint
 from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES, NUM_CLASSES
+from fmnist_seq.data import Split
+from fmnist_seq.models import count_parameters, predict_logits
 
 
 def confusion(labels: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
@@ -44,26 +48,46 @@ def predictions_csv(labels: torch.Tensor, predicted: torch.Tensor) -> str:
     return buffer.getvalue()
 
 
+@dataclass
+class Evaluation:
+    """One model on the test set: its declared metrics, and the detail behind the figures."""
+
+    metrics: dict[str, float | int]  # test accuracy and loss first: `dvc exp show` lists them in this order
+    per_class: dict[str, dict[str, float]]
+    confusion: list[list[int]]
+    predicted: torch.Tensor
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, test: Split, batch_size: int) -> Evaluation:
+    logits = predict_logits(ckpt.model, test.images, batch_size)
+    result = classification_metrics(logits, test.labels)
+    metrics = {"test_accuracy": result["accuracy"], "test_loss": result["loss"], "selected_epoch": ckpt.selected_epoch,
+               "test_macro_f1": result["macro_f1"], "valid_accuracy": ckpt.valid["accuracy"],
+               "valid_loss": ckpt.valid["loss"], "parameters": count_parameters(ckpt.model)}
+    return Evaluation(metrics=metrics, per_class=result["per_class"], confusion=result["confusion"],
+                      predicted=logits.argmax(1))
+
+
 REPORT_ACCURACY = {"rnn": 0.88, "gru": 0.90}  # the user report this project reproduces
 
 
-def summary_markdown(results: dict[str, dict]) -> str:
+def summary_markdown(results: dict[str, Evaluation]) -> str:
     """A short comparison of the models with each other and with the report."""
     lines = ["# Test-set summary", "",
              "| model | test accuracy | report | Δ vs report | test loss | macro F1 | selected epoch | valid accuracy |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        test, report = r["test"], REPORT_ACCURACY.get(name)
-        delta = f"{100 * (test['accuracy'] - report):+.2f} pts" if report is not None else "–"
-        lines.append(f"| {name} | {100 * test['accuracy']:.2f}% | "
-                     f"{f'{100 * report:.0f}%' if report is not None else '–'} | {delta} | {test['loss']:.4f} | "
-                     f"{test['macro_f1']:.4f} | {r['selected_epoch']} | {100 * r['valid']['accuracy']:.2f}% |")
+        m, report = r.metrics, REPORT_ACCURACY.get(name)
+        delta = f"{100 * (m['test_accuracy'] - report):+.2f} pts" if report is not None else "–"
+        lines.append(f"| {name} | {100 * m['test_accuracy']:.2f}% | "
+                     f"{f'{100 * report:.0f}%' if report is not None else '–'} | {delta} | {m['test_loss']:.4f} | "
+                     f"{m['test_macro_f1']:.4f} | {m['selected_epoch']} | {100 * m['valid_accuracy']:.2f}% |")
     if len(results) >= 2:
-        ranked = sorted(results, key=lambda n: results[n]["test"]["accuracy"], reverse=True)
+        ranked = sorted(results, key=lambda n: results[n].metrics["test_accuracy"], reverse=True)
         best, other = ranked[0], ranked[1]
-        gap = 100 * (results[best]["test"]["accuracy"] - results[other]["test"]["accuracy"])
+        gap = 100 * (results[best].metrics["test_accuracy"] - results[other].metrics["test_accuracy"])
         lines += ["", f"{best} beats {other} by {gap:.2f} points of test accuracy."]
-        hardest = {n: min(results[n]["test"]["per_class"].items(), key=lambda kv: kv[1]["f1"])[0] for n in results}
+        hardest = {n: min(results[n].per_class.items(), key=lambda kv: kv[1]["f1"])[0] for n in results}
         lines.append("Hardest class (lowest F1): " + ", ".join(f"{n}: {k}" for n, k in hardest.items()) + ".")
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,8 @@
-"""The two sequence classifiers: each 28x28 image is 28 steps (rows) of 28 features (pixels)."""
+"""The sequence classifiers: each 28x28 image is 28 steps (rows) of 28 features (pixels), uint8 in, logits out.
+
+A model owns its input normalization (the train split's statistics, as buffers saved in its checkpoint), so
+training, evaluation, export and the ONNX graph all feed it raw pixels.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,16 @@ from fmnist_seq.classes import IMAGE_SIZE, NUM_CLASSES
 from fmnist_seq.config import ModelConfig
 
 
-class SequenceClassifier(nn.Module):
-    """A recurrent encoder over image rows followed by one of the report's two heads."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+class SequenceClassifier(nn.Module):
+    """Pixel normalization, a recurrent encoder over image rows, then one of the heads of `ModelConfig.head`."""
+
+    def __init__(self, cfg: ModelConfig, mean: float, std: float) -> None:
         super().__init__()
         self.cfg = cfg
+        # float32 buffers: the same arithmetic as the ONNX graph's Cast/Div/Sub/Div, in every consumer.
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32))
         recurrent = {"rnn": nn.RNN, "gru": nn.GRU}[cfg.cell]
         self.encoder = recurrent(
             input_size=IMAGE_SIZE,
@@ -24,29 +32,58 @@ class SequenceClassifier(nn.Module):
             bidirectional=cfg.bidirectional,
             dropout=cfg.layer_dropout if cfg.num_layers > 1 else 0.0,
         )
-        directions = 2 if cfg.bidirectional else 1
+        features = (2 if cfg.bidirectional else 1) * cfg.hidden_size
         if cfg.head == "all_steps":
             # The report's RNN head: every step's output, flattened -> Linear -> Dropout -> ReLU -> Linear.
             self.head = nn.Sequential(
                 nn.Flatten(),
-                nn.Linear(IMAGE_SIZE * directions * cfg.hidden_size, cfg.head_hidden),
+                nn.Linear(IMAGE_SIZE * features, cfg.head_hidden),
                 nn.Dropout(cfg.dropout),
                 nn.ReLU(),
                 nn.Linear(cfg.head_hidden, NUM_CLASSES),
             )
         else:
-            # The report's GRU head: the final hidden state -> Dropout -> Linear.
-            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(directions * cfg.hidden_size, NUM_CLASSES))
+            # The report's GRU head (on the last step, or on all steps pooled): Dropout -> Linear.
+            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(features, NUM_CLASSES))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # (batch, 28, 28) -> outputs (batch, 28, directions*hidden), h_n (layers*directions, batch, hidden)
-        outputs, h_n = self.encoder(images)
+    @property
+    def normalization(self) -> tuple[float, float]:
+        """(mean, std) of the train split's pixels on the [0, 1] scale, as this model applies them."""
+        return float(self.pixel_mean), float(self.pixel_std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(batch, 28, 28) uint8 pixels -> (batch, 10) logits."""
+        return self.classify(self.normalize(pixels))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(batch, 28, 28) uint8 pixels -> normalized float32, the train split's statistics."""
+        return (pixels.to(torch.float32) / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized (batch, 28, 28) float32 -> (batch, 10) logits."""
+        # -> outputs (batch, 28, directions*hidden), h_n (layers*directions, batch, hidden)
+        outputs, h_n = self.encoder(x)
         if self.cfg.head == "all_steps":
             return self.head(outputs)  # (batch, 28*directions*hidden) -> (batch, 10)
+        if self.cfg.head == "mean_steps":
+            return self.head(outputs.mean(dim=1))  # (batch, directions*hidden) -> (batch, 10)
+        if self.cfg.head == "max_steps":
+            return self.head(outputs.amax(dim=1))
         # The last layer's final state of each direction; for a forward-only model this is outputs[:, -1].
         directions = 2 if self.cfg.bidirectional else 1
         final = torch.cat([h_n[-d] for d in range(directions, 0, -1)], dim=1)  # (batch, directions*hidden)
         return self.head(final)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int,
+                   device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Logits for every image, in order, computed in eval mode (the model's training flag is restored)."""
+    was_training = model.training
+    model.eval()
+    out = [model(pixels[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(pixels), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
 
 
 def forward_flops(cfg: ModelConfig) -> int:
@@ -66,4 +103,5 @@ def forward_flops(cfg: ModelConfig) -> int:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (the normalization buffers are not parameters)."""
     return sum(p.numel() for p in model.parameters())

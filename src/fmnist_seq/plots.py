@@ -44,17 +44,24 @@ def class_examples(images: np.ndarray, labels: Sequence[int]) -> Figure:
 
 
 def learning_curve(history: Sequence[dict], selected_epoch: int, title: str) -> Figure:
-    """Loss and accuracy per epoch, train vs validation, with the selected epoch marked."""
+    """Loss and accuracy per epoch, train vs validation, with the selected epoch marked.
+
+    The two curves are measured differently, and the legend says so: the train figures are running means
+    over the epoch's batches (dropout on, weights still moving), the validation figures come from the
+    end-of-epoch model in eval mode. Both losses are plain cross-entropy, without label smoothing.
+    """
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"valid_{key}"] for h in history], "o-", label="validation")
+    labels = {"train": "train (running mean over the epoch, dropout on)",
+              "valid": "validation (end of epoch, eval mode)"}
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((ax_loss, "loss", "cross-entropy"), (ax_acc, "accuracy", "accuracy")):
+        for split in ("train", "valid"):
+            ax.plot(epochs, [h[f"{split}_{key}"] for h in history], "o-", label=labels[split])
         ax.axvline(selected_epoch, color="gray", linestyle="--", label=f"selected (epoch {selected_epoch})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

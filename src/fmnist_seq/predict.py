@@ -2,6 +2,9 @@
 
 Each image, of any size or colour mode, becomes 28x28 grayscale with the item light on a dark
 background, as in Fashion-MNIST: pass --dark-on-light for ordinary photos (dark item, light background).
+Each file is classified on its own (one image per call) and printed as soon as it is done, so an answer
+never depends on the other files given (an int8 model scales its activations over the whole call) and
+thousands of files take little memory.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fmnist_seq.errors import ExportError
+from fmnist_seq.classes import IMAGE_SIZE, NUM_CLASSES
+from fmnist_seq.errors import InferenceError
 from fmnist_seq.runtime import metadata, open_session, run, select_providers
-
-SIZE = 28
 
 
 def to_pixels(path: str | Path, dark_on_light: bool = False) -> np.ndarray:
@@ -35,7 +38,7 @@ def to_pixels(path: str | Path, dark_on_light: bool = False) -> np.ndarray:
     side = max(gray.size)
     square = Image.new("L", (side, side), 0)
     square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
-    return np.asarray(square.resize((SIZE, SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
+    return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
 @dataclass
@@ -45,28 +48,25 @@ class Prediction:
     error: str | None = None
 
 
-def predict_files(session, files: list[str], top_k: int, dark_on_light: bool) -> list[Prediction]:
-    class_names = metadata(session).get("class_names") or [str(i) for i in range(10)]
-    results, pixels, good = [], [], []
+def predict_files(session, files: Iterable[str], top_k: int, dark_on_light: bool) -> Iterator[Prediction]:
+    """One Prediction per file, in order, each from a call with that image alone."""
+    class_names = metadata(session).get("class_names") or [str(i) for i in range(NUM_CLASSES)]
     for file in files:
         prediction = Prediction(file=file)
         try:
-            pixels.append(to_pixels(file, dark_on_light))
-            good.append(prediction)
+            pixels = to_pixels(file, dark_on_light)
         except FileNotFoundError:
             prediction.error = "file not found"
         except UnidentifiedImageError:
             prediction.error = "not an image file Pillow can read (PNG, JPEG, ...)"
         except (OSError, ValueError) as exc:
             prediction.error = f"cannot read image: {exc}"
-        results.append(prediction)
-    if pixels:
-        _, probabilities = run(session, np.stack(pixels))
-        for prediction, probs in zip(good, probabilities):
-            order = np.argsort(-probs)[:top_k]
-            prediction.top = [{"class": class_names[i], "index": int(i), "probability": float(probs[i])}
+        else:
+            _, probabilities = run(session, pixels[np.newaxis])
+            order = np.argsort(-probabilities[0])[:top_k]
+            prediction.top = [{"class": class_names[i], "index": int(i), "probability": float(probabilities[0][i])}
                               for i in order]
-    return results
+        yield prediction
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,19 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--top-k must be at least 1")
     try:
         session = open_session(args.model, select_providers(args.provider), require=args.provider == "cuda")
-    except ExportError as exc:
+    except InferenceError as exc:
         print(f"fmnist-predict: error: {exc}", file=sys.stderr)
         return 2
-    results = predict_files(session, args.images, min(args.top_k, 10), args.dark_on_light)
-    if args.json:  # one document with every file, errors included
-        print(json.dumps([vars(r) for r in results], indent=2))
-    else:  # predictions on stdout, each failed file once on stderr
-        for r in results:
-            if r.error:
-                print(f"fmnist-predict: {r.file}: error: {r.error}", file=sys.stderr)
-            else:
-                print(f"{r.file}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r.top))
-    return 1 if any(r.error for r in results) else 0
+    failed = False
+    if args.json:  # one JSON document with every file, errors included, written one entry at a time
+        print("[")
+    for i, r in enumerate(predict_files(session, args.images, min(args.top_k, NUM_CLASSES), args.dark_on_light)):
+        failed |= r.error is not None
+        if args.json:
+            print(("," if i else "") + json.dumps(vars(r)), flush=True)
+        elif r.error:  # predictions on stdout, each failed file once on stderr
+            print(f"fmnist-predict: {r.file}: error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.file}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r.top), flush=True)
+    if args.json:
+        print("]")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

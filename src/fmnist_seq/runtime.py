@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fmnist_seq.errors import ExportError
+from fmnist_seq.errors import InferenceError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
@@ -19,7 +19,7 @@ CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 # onnxruntime-gpu trails the CPU build by a release; 1.31.1 is built for CUDA 13 and cuDNN 9, the same majors
 # as the nvidia-*-cu13 wheels that the pinned PyTorch installs, so those libraries serve both. The extras bring
-# the same libraries to an app without PyTorch. The Makefile's ORT_GPU repeats this pin.
+# the same libraries to an app without PyTorch. `make onnxruntime-gpu` reads this pin from here.
 GPU_BUILD = "onnxruntime-gpu[cuda,cudnn]==1.31.1"
 CUDA_HINT = (f"install the GPU build: `pip uninstall -y onnxruntime && pip install '{GPU_BUILD}'` "
              "(needs an NVIDIA GPU and driver for CUDA 13), or use provider cpu")
@@ -32,11 +32,11 @@ def select_providers(choice: str) -> list[str]:
         return [CPU]
     if choice == "cuda":
         if CUDA not in available:
-            raise ExportError(f"provider cuda: this onnxruntime has no CUDAExecutionProvider; {CUDA_HINT}")
+            raise InferenceError(f"provider cuda: this onnxruntime has no CUDAExecutionProvider; {CUDA_HINT}")
         return [CUDA, CPU]
     if choice == "auto":
         return ([CUDA] if CUDA in available else []) + [CPU]
-    raise ExportError(f"unknown provider {choice!r}: use auto, cpu or cuda")
+    raise InferenceError(f"unknown provider {choice!r}: use auto, cpu or cuda")
 
 
 def _load_cuda_libraries() -> None:
@@ -53,8 +53,11 @@ def _load_cuda_libraries() -> None:
             preload()
 
 
-def open_session(model: str | Path | bytes, providers: list[str], *, require: bool = False) -> ort.InferenceSession:
+def open_session(model: str | Path | bytes, providers: list[str], *, require: bool = False,
+                 threads: int | None = None) -> ort.InferenceSession:
     """An inference session, with a clear error for a missing or broken model file.
+
+    `threads` pins onnxruntime's intra-op threads (benchmarks set it equal to PyTorch's); None keeps its default.
 
     A provider that cannot start (the GPU build on a machine without a GPU or its libraries) is skipped by
     onnxruntime itself, which logs why and carries on with the next one. `require=True` turns that
@@ -63,17 +66,19 @@ def open_session(model: str | Path | bytes, providers: list[str], *, require: bo
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.is_file():
-            raise ExportError(f"{path}: model file not found")
+            raise InferenceError(f"{path}: model file not found")
         model = str(path)
     name = model if isinstance(model, str) else "model bytes"
     if CUDA in providers:
         _load_cuda_libraries()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise ExportError(f"{name}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
+        raise InferenceError(f"{name}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
     if require and providers[0] not in session.get_providers():
         if providers[0] not in ort.get_available_providers():
             fix = CUDA_HINT
@@ -81,7 +86,7 @@ def open_session(model: str | Path | bytes, providers: list[str], *, require: bo
             fix = ("onnxruntime's message above names what is missing: check the driver with `nvidia-smi`, and "
                    f"that CUDA 13 and cuDNN 9 are installed (`pip install '{GPU_BUILD}'` brings them), "
                    "or use provider cpu")
-        raise ExportError(f"{name}: onnxruntime could not start {providers[0]} and would run on "
+        raise InferenceError(f"{name}: onnxruntime could not start {providers[0]} and would run on "
                           f"{active_provider(session)} instead; {fix}")
     return session
 

@@ -1,4 +1,9 @@
-"""Training loop with early stopping on validation loss; the tensors stay in memory, no DataLoader."""
+"""The training loop: data-parallel over the workers, validated each epoch, best-validation epoch selected.
+
+The tensors stay in memory (no DataLoader): each epoch is one seeded permutation, cut into global batches of
+`batch_size`; every worker trains on its shard of each batch and DistributedDataParallel averages the
+gradients, so one worker or many follow the same recipe with the same learning rate.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,40 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fmnist_seq.config import TrainConfig
-from fmnist_seq.data import Split
+from fmnist_seq.data import Normalization, Split
+from fmnist_seq.distributed import Worker, all_reduce_sum, broadcast_flag, gather_chunks, shard
 from fmnist_seq.errors import TrainingError
-from fmnist_seq.models import SequenceClassifier
+from fmnist_seq.models import SequenceClassifier, predict_logits
 
-# cuBLAS is deterministic only with a fixed workspace, and reads this when a process makes its first cuBLAS
-# handle, so it is set on import, ahead of training; a value the user set wins. No effect on the CPU.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+VALID_BATCH = 1024
 
 
 @dataclass
 class EpochRecord:
     epoch: int  # 1-based
+    # Running figures over the epoch's batches: dropout on, weights moving, plain cross-entropy (no smoothing).
     train_loss: float
     train_accuracy: float
+    # The end-of-epoch model in eval mode on the validation split.
     valid_loss: float
     valid_accuracy: float
     lr: float
     elapsed_s: float  # wall time since training started, at the end of this epoch
-    samples_per_s: float
+    images_per_s: float  # training images per second in this epoch, all workers together
+
+    def results(self) -> dict[str, float]:
+        """The figures that the same params and seed reproduce exactly (no wall times)."""
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
+                "valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy, "lr": self.lr}
 
 
 @dataclass
@@ -63,22 +75,13 @@ class EarlyStopping:
 
 @dataclass
 class TrainResult:
-    model: nn.Module  # holds the selected (best validation loss) weights
+    model: SequenceClassifier  # on rank 0: the selected (best validation loss) weights
     history: list[EpochRecord]
     selected_epoch: int
-    stopped_early: bool
-    selected: EpochRecord = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.selected = self.history[self.selected_epoch - 1]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device: cuda was asked for but no CUDA GPU is visible to PyTorch; use device: auto or cpu")
-    return torch.device(name)
+    @property
+    def selected(self) -> EpochRecord:
+        return self.history[self.selected_epoch - 1]
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -86,7 +89,10 @@ def seed_everything(seed: int, device: torch.device) -> None:
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     else:
-        # cuDNN's RNN kernels have no deterministic variant for every case: warn instead of failing.
+        # cuBLAS is deterministic only with a fixed workspace, read when the first handle is made, which is
+        # after this; a value the user set wins. cuDNN's RNN kernels have no deterministic variant for
+        # every case: warn instead of failing.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -110,40 +116,85 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Logits for every image, in order, computed in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0)
+def global_batches(n_images: int, batch_size: int, world_size: int) -> list[slice]:
+    """The epoch's global batches over a permutation of n_images.
+
+    A last batch with fewer images than workers is dropped (one or more workers would have none); with
+    one worker nothing is ever dropped.
+    """
+    batches = [slice(start, min(start + batch_size, n_images)) for start in range(0, n_images, batch_size)]
+    if batches and batches[-1].stop - batches[-1].start < world_size:
+        batches.pop()
+    return batches
 
 
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    loss = nn.functional.cross_entropy(logits, labels).item()  # mean over images
+@dataclass
+class Step:
+    """One optimizer step; `fit` and the throughput benchmark share it, so they time the same work."""
+
+    model: nn.Module  # the DistributedDataParallel wrapper when there are several workers
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    grad_clip: float
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        """Train on (x, y); `weight` scales this worker's loss so that averaging over workers gives the mean
+        over the whole global batch (1.0 whenever the shards are equal). Returns the logits."""
+        logits = self.model(x)
+        loss = self.criterion(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if weight == 1.0 else loss * weight).backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return logits.detach()
+
+
+def make_step(cfg: TrainConfig, model: SequenceClassifier, worker: Worker, steps_per_epoch: int) -> Step:
+    trained: nn.Module = model
+    if worker.distributed:
+        # The normalization buffers never change: no need to broadcast them before every forward.
+        trained = DistributedDataParallel(model, broadcast_buffers=False)
+    optimizer = make_optimizer(cfg, model)
+    return Step(model=trained, optimizer=optimizer, scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
+                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), grad_clip=cfg.grad_clip)
+
+
+def validate(model: SequenceClassifier, split: Split, worker: Worker) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on `split`; each worker predicts one contiguous part of it."""
+    part = torch.tensor_split(split.images, worker.world_size)[worker.rank]
+    logits = gather_chunks(predict_logits(model, part, VALID_BATCH, worker.device).to(worker.device), worker).cpu()
+    labels = split.labels.cpu()
+    loss = nn.functional.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return loss, accuracy
 
 
-def _progress(total: int, desc: str) -> tqdm:
+def _progress(total: int, desc: str, enabled: bool) -> tqdm:
     # A live bar on a terminal; under `dvc repro` piped to a log, one summary line per epoch instead.
     return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
-                disable=not sys.stderr.isatty())
+                disable=not (enabled and sys.stderr.isatty()))
 
 
-def fit(cfg: TrainConfig, train: Split, valid: Split, seed: int,
+def fit(cfg: TrainConfig, train: Split, valid: Split, norm: Normalization, seed: int, worker: Worker = Worker(),
         on_epoch: Callable[[EpochRecord], None] | None = None, log: Callable[[str], None] = print) -> TrainResult:
-    """Train a model from `cfg.model`, select the epoch with the best validation loss, return it."""
-    device = resolve_device(cfg.device)
+    """Train a model from `cfg.model`, select the epoch with the best validation loss, return it.
+
+    Every worker calls this with the same arguments; all of them stop at the same epoch. Only rank 0 logs,
+    calls `on_epoch`, and returns the selected weights (the others return their last ones).
+    """
+    device = worker.device
     seed_everything(seed, device)
-    model = SequenceClassifier(cfg.model).to(device)
-    optimizer = make_optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    shuffler = torch.Generator().manual_seed(seed)
+    model = SequenceClassifier(cfg.model, norm.mean, norm.std).to(device)
+    if worker.rank:  # its own dropout masks; rank 0 keeps the single-process random stream
+        torch.manual_seed(seed + worker.rank)
+    batches = global_batches(len(train), cfg.batch_size, worker.world_size)
+    step = make_step(cfg, model, worker, len(batches))
+    shuffler = torch.Generator().manual_seed(seed)  # the same permutation on every worker
     images, labels = train.images.to(device), train.labels.to(device)
+    say = log if worker.is_main else (lambda _: None)
 
     stopper = EarlyStopping(cfg.patience)
     best_state: dict[str, torch.Tensor] = {}
@@ -153,53 +204,44 @@ def fit(cfg: TrainConfig, train: Split, valid: Split, seed: int,
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(len(train), generator=shuffler).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        with _progress(len(train), f"epoch {epoch}/{cfg.epochs}") as bar:
-            for step, offset in enumerate(range(0, len(train), cfg.batch_size), start=1):
-                idx = order[offset:offset + cfg.batch_size]
-                x, y = images[idx], labels[idx]
-                logits = model(x)
-                loss = criterion(logits, y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch}, step {step}: training diverged. "
-                        f"Lower lr ({cfg.lr}) or set grad_clip (now {cfg.grad_clip}); no checkpoint was written")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.detach().argmax(1) == y).sum()
-                bar.update(len(idx))
-                if bar.n and step % 20 == 0:
-                    seen = bar.n
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}",
-                                    rate=f"{seen / (time.perf_counter() - epoch_start):.0f}/s")
+        # loss sum, correct predictions, images seen: summed over the workers at the end of the epoch
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        with _progress(len(train), f"epoch {epoch}/{cfg.epochs}", worker.is_main) as bar:
+            for batch in batches:
+                global_idx = order[batch]
+                idx = shard(global_idx, worker)
+                y = labels[idx]
+                logits = step(images[idx], y, weight=len(idx) * worker.world_size / len(global_idx))
+                totals += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                                       (logits.argmax(1) == y).sum().double(),
+                                       torch.tensor(float(len(idx)), dtype=torch.float64, device=device)])
+                bar.update(len(global_idx))
         train_seconds = time.perf_counter() - epoch_start
-        valid_loss, valid_acc = loss_and_accuracy(
-            predict_logits(model, valid.images, 1024, device), valid.labels.to("cpu"))
+        loss_sum, correct, seen = all_reduce_sum(totals, worker).tolist()
+        # Checked once per epoch (a check per step would stall a GPU on every batch): NaN and inf propagate.
+        if not math.isfinite(loss_sum):
+            raise TrainingError(
+                f"training loss became {loss_sum / seen} in epoch {epoch}: training diverged. Lower lr ({cfg.lr}) "
+                f"or set grad_clip (now {cfg.grad_clip}); no checkpoint was written")
+        valid_loss, valid_acc = validate(model, valid, worker)
         if not math.isfinite(valid_loss):
             raise TrainingError(f"validation loss became {valid_loss} after epoch {epoch}: training diverged; "
                                 f"lower lr ({cfg.lr}) or set grad_clip; no checkpoint was written")
-        record = EpochRecord(epoch=epoch, train_loss=loss_sum.item() / len(train),
-                             train_accuracy=correct.item() / len(train), valid_loss=valid_loss,
-                             valid_accuracy=valid_acc, lr=scheduler.get_last_lr()[0],
-                             elapsed_s=time.perf_counter() - start, samples_per_s=len(train) / train_seconds)
+        record = EpochRecord(epoch=epoch, train_loss=loss_sum / seen, train_accuracy=correct / seen,
+                             valid_loss=valid_loss, valid_accuracy=valid_acc, lr=step.scheduler.get_last_lr()[0],
+                             elapsed_s=time.perf_counter() - start, images_per_s=seen / train_seconds)
         history.append(record)
-        if stopper.update(epoch, valid_loss):
+        if stopper.update(epoch, valid_loss) and worker.is_main:
             best_state = copy.deepcopy(model.state_dict())
-        log(f"epoch {epoch:>3}/{cfg.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}  "
-            f"valid loss {valid_loss:.4f} acc {valid_acc:.4f}  {record.samples_per_s:,.0f} img/s"
+        say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}  "
+            f"valid loss {valid_loss:.4f} acc {valid_acc:.4f}  {record.images_per_s:,.0f} img/s"
             + ("  *best" if stopper.best_epoch == epoch else ""))
-        if on_epoch is not None:
+        if on_epoch is not None and worker.is_main:
             on_epoch(record)
-        if stopper.should_stop:
-            log(f"early stop: no better validation loss for {cfg.patience} epochs; "
+        if broadcast_flag(stopper.should_stop, worker):
+            say(f"early stop: no better validation loss for {cfg.patience} epochs; "
                 f"selected epoch {stopper.best_epoch}")
             break
-    model.load_state_dict(best_state)
-    return TrainResult(model=model.cpu(), history=history, selected_epoch=stopper.best_epoch,
-                       stopped_early=len(history) < cfg.epochs)
+    if worker.is_main:
+        model.load_state_dict(best_state)
+    return TrainResult(model=model.cpu(), history=history, selected_epoch=stopper.best_epoch)

@@ -1,0 +1,83 @@
+"""An int8 variant of an exported model (dynamic quantization), kept only within its accuracy budget.
+
+`quantize_dynamic` turns MatMul/Gemm weights into int8 and scales the activations on the fly; it leaves RNN
+and GRU nodes alone, so it shrinks the RNN's large Linear and does nothing for the GRU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from fmnist_seq.parity import accuracy, onnx_logits
+from fmnist_seq.runtime import CPU, open_session
+
+CAVEAT = ("int8 dynamic: weights int8, activations scaled per call over the whole batch, so a prediction can "
+          "depend on the other images in the batch; test_accuracy is the worse of batch 1 and batch 1000")
+
+
+def quantized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """int8 dynamic quantization (weights int8, activations quantized on the fly); RNN/GRU nodes stay fp32."""
+    source = onnx.ModelProto()
+    source.CopyFrom(model)
+    # The exporter's intermediate shape annotations are optional, and some onnxruntime quantizers (1.31, the
+    # newest GPU build) reject them in their shape inference; without them the shapes are inferred afresh.
+    del source.graph.value_info[:]
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(source.SerializeToString())
+        root.setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process is noise in the stage log
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+        int8 = onnx.load(dst)
+    # Some quantizers stamp the newest IR version of the installed onnx package, which older onnxruntime
+    # builds (onnxruntime-gpu, onnxruntime-node) cannot load; the quantized operators need nothing newer.
+    int8.ir_version = model.ir_version
+    return int8
+
+
+@dataclass
+class Int8Variant:
+    """The int8 model, its accuracy on the test set, and whether it stays within the budget."""
+
+    model: onnx.ModelProto
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.figures["kept"])
+
+
+def quantize_checked(fp32: onnx.ModelProto, pixels: np.ndarray, labels: np.ndarray, fp32_accuracy: float,
+                     max_accuracy_drop: float) -> Int8Variant:
+    """The int8 variant of `fp32`, scored on the test set: kept if within `max_accuracy_drop` of fp32.
+
+    Dynamic quantization scales the activations per call, over the whole batch, so an image's prediction
+    can depend on the other images in its batch (fp32 predictions do not). The accuracy that counts is the
+    worse of one image per call (an app classifying single photos) and batches of 1000.
+    """
+    int8 = quantized(fp32)
+    session = open_session(int8.SerializeToString(), [CPU])
+    by_batch = {size: accuracy(onnx_logits(session, pixels, size), labels) for size in (1, 1000)}
+    int8_accuracy = min(by_batch.values())
+    drop = fp32_accuracy - int8_accuracy
+    # The quantizer copies the fp32 file's metadata: its test accuracy must become the int8 figure.
+    props = {prop.key: prop.value for prop in int8.metadata_props}
+    props.update(test_accuracy=json.dumps(int8_accuracy), quantization=CAVEAT)
+    onnx.helper.set_model_props(int8, props)
+    figures = {"kept": drop <= max_accuracy_drop, "test_accuracy": int8_accuracy,
+               "test_accuracy_batch_1": by_batch[1], "test_accuracy_batch_1000": by_batch[1000],
+               "accuracy_drop": drop, "file_bytes": int8.ByteSize()}
+    return Int8Variant(model=int8, figures=figures)

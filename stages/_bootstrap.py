@@ -1,0 +1,24 @@
+"""Imported first by every stage script: run this checkout's code, under a Python that can run it.
+
+- This checkout's `src/` goes first on sys.path, so a stage runs exactly the code files DVC hashed as its
+  deps, also in the temporary copies that `dvc exp run --queue` works in (an installed copy could differ).
+- A Python without the project's packages (the system `python` when the venv is not active) stops here with
+  one line that says what to do, instead of a ModuleNotFoundError traceback.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+# Import names of requirements.txt's packages that the stages use.
+REQUIRED = ("torch", "torchvision", "numpy", "PIL", "yaml", "tqdm", "matplotlib", "psutil", "dvclive", "onnx",
+            "onnxruntime", "onnxscript")
+
+missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+if missing:
+    script = Path(sys.argv[0]).as_posix()
+    sys.exit(f"{script}: error: this Python ({sys.executable}) lacks {', '.join(missing)}: stages must run in "
+             "the project's virtual environment. Run `make repro`, or `source .venv/bin/activate` first and then "
+             "`dvc repro` (likewise for `dvc exp run` and `dvc queue start`).")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))

@@ -1,0 +1,150 @@
+"""Data-parallel training through the real stage script: reproducible, equivalent to one process, and failing
+cleanly (the rank named, no checkpoint, no process left behind) when a worker dies."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+from conftest import FAST_PARAMS, ROOT, deep_update, make_dataset
+from fmnist_seq.checkpoint import load_checkpoint
+from fmnist_seq.config import DownloadConfig, FileSpec, TrainConfig, build
+from fmnist_seq.data import load_normalization, load_split, prepare_splits, read_raw, save_prepared
+from fmnist_seq.download import fetch_all
+from fmnist_seq.training import fit
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """Synthetic data downloaded and prepared the way the stages do it."""
+    root = tmp_path_factory.mktemp("distributed")
+    files = make_dataset(root / "mirror", per_class_train=60)
+    cfg = DownloadConfig(sources=[str(root / "mirror")], files={n: FileSpec(**s) for n, s in files.items()})
+    fetch_all(cfg, root / "raw")
+    splits, norm = prepare_splits(read_raw(root / "raw"), 0.1, seed=0)
+    save_prepared(splits, norm, root / "prepared")
+    return root / "prepared"
+
+
+def project(tmp_path: Path, **train_gru) -> Path:
+    """A folder with a params.yaml whose train_gru block has the fast settings plus `train_gru`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deep_update(params, {"train_gru": FAST_PARAMS["train_gru"]})
+    deep_update(params, {"train_gru": train_gru})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return tmp_path
+
+
+def train_command(folder: Path, data: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "stages" / "train.py"), "--model", "gru", "--data", str(data),
+            "--checkpoint", str(folder / "gru.pt"), "--live-dir", str(folder / "live"),
+            "--timings", str(folder / "timings.json")]
+
+
+def train_stage(folder: Path, data: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(folder, data), cwd=folder, capture_output=True, text=True, timeout=300)
+
+
+def test_two_workers_reproduce_bit_for_bit(prepared, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        folder = project(tmp_path / name, workers=2, epochs=2)
+        result = train_stage(folder, prepared)
+        assert result.returncode == 0, result.stderr
+        runs.append(folder)
+    a, b = runs
+    assert json.loads((a / "timings.json").read_text())["workers"] == 2
+    assert (a / "gru.pt").read_bytes() == (b / "gru.pt").read_bytes()  # weights, history, everything
+    assert (a / "live" / "metrics.json").read_text() == (b / "live" / "metrics.json").read_text()
+    for series in ("train/loss.tsv", "valid/accuracy.tsv"):
+        assert (a / "live/plots/metrics" / series).read_text() == (b / "live/plots/metrics" / series).read_text()
+
+
+def test_one_worker_is_a_plain_single_process_run(prepared, tmp_path):
+    folder = project(tmp_path, workers=1, epochs=2)
+    result = train_stage(folder, prepared)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((folder / "timings.json").read_text())["workers"] == 1
+    cfg = build(TrainConfig, yaml.safe_load((folder / "params.yaml").read_text())["train_gru"], "train_gru")
+    seed = yaml.safe_load((folder / "params.yaml").read_text())["seed"]
+    direct = fit(cfg, load_split(prepared, "train"), load_split(prepared, "valid"), load_normalization(prepared),
+                 seed, log=lambda _: None)
+    staged = load_checkpoint(folder / "gru.pt")
+    for key, value in direct.model.state_dict().items():
+        assert torch.equal(value, staged.model.state_dict()[key]), key
+    assert [r["valid_loss"] for r in staged.history] == [r.valid_loss for r in direct.history]
+
+
+def test_bad_worker_counts_fail_before_any_work(prepared, tmp_path):
+    for value, message in ((0, "train_gru.workers = 0 is out of range: must be >= 1"),
+                           (-1, "train_gru.workers = -1 is out of range: must be >= 1"),
+                           (64, "train_gru.workers = 64 is out of range: must be <= train_gru.batch_size (32)")):
+        folder = project(tmp_path / str(value), workers=value)
+        result = train_stage(folder, prepared)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and not (folder / "live").exists()
+
+
+def test_a_failing_worker_fails_the_stage_with_its_error(prepared, tmp_path):
+    folder = project(tmp_path, workers=2)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("train.pt", "stats.json"):
+        (broken / name).write_bytes((prepared / name).read_bytes())
+    (broken / "valid.pt").write_bytes(b"truncated")
+    result = train_stage(folder, broken)
+    assert result.returncode == 1
+    assert "valid.pt is not a prepared split" in result.stderr  # the worker's own error
+    assert "training worker rank" in result.stderr and "exited with code 1" in result.stderr
+    assert not (folder / "gru.pt").exists() and not (folder / "live").exists()
+
+
+def _workers_of(process: psutil.Process) -> dict[int, psutil.Process]:
+    found = {}
+    for child in process.children(recursive=True):
+        try:
+            rank = child.environ().get("RANK")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if rank is not None:
+            found[int(rank)] = child
+    return found
+
+
+def test_a_killed_worker_stops_the_stage_within_seconds_and_a_rerun_succeeds(prepared, tmp_path):
+    folder = project(tmp_path, workers=2, epochs=400, patience=0)
+    stage = subprocess.Popen(train_command(folder, prepared), cwd=folder, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: dict[int, psutil.Process] = {}
+        while time.monotonic() < deadline and not (folder / "live" / "metrics.json").exists():
+            time.sleep(0.2)  # dvclive writes its summary after the first epoch: training is under way
+        workers = _workers_of(psutil.Process(stage.pid))
+        assert set(workers) == {0, 1}, "two workers should be training"
+        workers[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = stage.communicate(timeout=60)
+        took = time.monotonic() - killed_at
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+    assert stage.returncode == 1 and took < 15, (stage.returncode, took)
+    assert "training worker rank 1" in stderr and "SIGKILL" in stderr, stderr[-2000:]
+    assert not (folder / "gru.pt").exists() and not (folder / "live").exists()
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers.values())
+    again = project(folder, workers=2, epochs=2)
+    rerun = train_stage(again, prepared)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (folder / "gru.pt").is_file()
