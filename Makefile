@@ -2,12 +2,14 @@
 #                               `make test`  (set up on first use, then run the test suite)
 VENV ?= .venv
 PYTHON ?= python3
-BIN := $(VENV)/bin
+BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
-# The newest GPU build (it trails the CPU build by a release): CUDA 13 and cuDNN 9, the majors of the
-# nvidia-* wheels that the pinned PyTorch installs. Keep in step with GPU_BUILD in src/fmnist_seq/runtime.py.
-ORT_GPU := onnxruntime-gpu[cuda,cudnn]==1.31.1
 DATASET_DIR := /usr/share/datasets/fashion-mnist
+
+# Every command below, and every stage command that `dvc repro` starts (`python stages/...`), runs with the
+# venv first on PATH, whatever the calling shell has: no activation needed for make's own targets.
+export PATH := $(BIN):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
 
 .PHONY: setup dataset repro test node-example bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
@@ -36,10 +38,10 @@ dataset:
 	fi
 
 repro: setup
-	$(BIN)/dvc repro
+	dvc repro
 
 test: setup
-	$(BIN)/python -m pytest
+	python -m pytest
 
 # The Node.js example's dependencies (CPU build only: no CUDA download).
 node-example:
@@ -50,12 +52,14 @@ bench: setup
 	$(BIN)/python bench/exporters.py
 
 # Swap onnxruntime's CPU build for the GPU build (same Python package name, so one replaces the other),
-# and back. The GPU build falls back to the CPU where no GPU or driver is found.
+# and back. The GPU build falls back to the CPU where no GPU or driver is found; its pin is GPU_BUILD in
+# src/fmnist_seq/runtime.py, read before the CPU build is removed.
 # Both builds write the same onnxruntime/ folder: remove both before installing one, or a leftover record
 # of the other makes pip skip the install and leaves the package half deleted.
 onnxruntime-gpu: setup
-	$(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu
-	$(BIN)/python -m pip install --quiet '$(ORT_GPU)'
+	@build="$$($(BIN)/python -c 'from fmnist_seq.runtime import GPU_BUILD; print(GPU_BUILD)')" && \
+	  $(BIN)/python -m pip uninstall --quiet -y onnxruntime onnxruntime-gpu && \
+	  $(BIN)/python -m pip install --quiet "$$build"
 	$(BIN)/python -c "import onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
 onnxruntime-cpu: setup
