@@ -8,6 +8,9 @@ import { readFileSync } from "node:fs";
 import { gunzipSync } from "node:zlib";
 import * as ort from "onnxruntime-node";
 
+// onnxruntime-node exposes no custom metadata: the class names are read from the file's bytes.
+import { readMetadata } from "../common/onnx_metadata.mjs";
+
 function readIdx(path) {
   let bytes = readFileSync(path);
   if (bytes[0] === 0x1f && bytes[1] === 0x8b) bytes = gunzipSync(bytes);
@@ -18,43 +21,6 @@ function readIdx(path) {
   const shape = Array.from({ length: ndim }, (_, i) => view.getUint32(4 + 4 * i));
   const offset = 4 + 4 * ndim;
   return { shape, data: bytes.subarray(offset) };
-}
-
-// onnxruntime-node exposes no custom metadata, so read ModelProto.metadata_props (field 14) from the
-// file's top-level protobuf fields directly; everything else is skipped by its wire type.
-function readMetadata(bytes) {
-  let pos = 0;
-  const varint = () => {
-    let result = 0n;
-    for (let shift = 0n; ; shift += 7n) {
-      const b = bytes[pos++];
-      result |= BigInt(b & 0x7f) << shift;
-      if (b < 0x80) return Number(result);
-    }
-  };
-  const fields = (end, visit) => {
-    while (pos < end) {
-      const tag = varint();
-      const [field, wire] = [tag >>> 3, tag & 7];
-      if (wire === 0) varint();
-      else if (wire === 1) pos += 8;
-      else if (wire === 5) pos += 4;
-      else if (wire === 2) {
-        const length = varint();
-        const stop = pos + length;
-        visit(field, stop);
-        pos = stop;
-      } else throw new Error(`unsupported protobuf wire type ${wire}`);
-    }
-  };
-  const metadata = {};
-  fields(bytes.length, (field, stop) => {
-    if (field !== 14) return;
-    const entry = {};
-    fields(stop, (f, end) => { entry[f] = bytes.subarray(pos, end).toString("utf8"); });
-    metadata[entry[1]] = entry[2];
-  });
-  return metadata;
 }
 
 async function main() {
