@@ -5,13 +5,14 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 DATASET_DIR := /usr/share/datasets/fashion-mnist
+WEB_PORT ?= 8000
 
 # Every command below, and every stage command that `dvc repro` starts (`python stages/...`), runs with the
 # venv first on PATH, whatever the calling shell has: no activation needed for make's own targets.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup dataset repro test node-example bench onnxruntime-gpu onnxruntime-cpu clean-venv
+.PHONY: setup dataset repro test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
 setup: $(STAMP)
 
@@ -46,6 +47,17 @@ test: setup
 # The Node.js example's dependencies (CPU build only: no CUDA download).
 node-example:
 	cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund
+
+# The browser page's dependency (onnxruntime-web, served from examples/web/node_modules).
+web-example:
+	cd examples/web && npm ci --no-audit --no-fund
+
+# Serve the repository root so the page at /examples/web/ can fetch /models/onnx/*.onnx (after `dvc pull` or
+# `dvc repro`). Only Python's standard library: no venv needed.
+web:
+	@[ -d examples/web/node_modules/onnxruntime-web ] || $(MAKE) --no-print-directory web-example
+	@echo "Open http://127.0.0.1:$(WEB_PORT)/examples/web/  (Ctrl-C to stop)"
+	$(PYTHON) -m http.server --bind 127.0.0.1 --directory . $(WEB_PORT)
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
