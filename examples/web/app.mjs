@@ -97,7 +97,10 @@ function restoreSelection() {
 
 // --- inputs -------------------------------------------------------------------------------------------
 
-/** Decode a file with the browser, EXIF orientation applied as Pillow's exif_transpose does. */
+/**
+ * Decode a file with the browser, EXIF orientation applied as Pillow's exif_transpose does (Chromium always
+ * applies it; the option asks other browsers to), colour profiles ignored as Pillow's convert ignores them.
+ */
 async function decode(file) {
   try {
     return await createImageBitmap(file, { imageOrientation: "from-image", colorSpaceConversion: "none" });
