@@ -5,6 +5,8 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 DATASET_DIR := /usr/share/datasets/fashion-mnist
+# The browser that tests/test_web.py drives with Playwright (Playwright's own browser download is not used).
+CHROMIUM := /usr/bin/chromium
 WEB_PORT ?= 8000
 
 # Every command below, and every stage command that `dvc repro` starts (`python stages/...`), runs with the
@@ -12,7 +14,7 @@ WEB_PORT ?= 8000
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup dataset repro test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
+.PHONY: setup dataset browser repro test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
 setup: $(STAMP)
 
@@ -23,6 +25,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@$(MAKE) --no-print-directory dataset
+	@$(MAKE) --no-print-directory browser
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist where we may install it; otherwise the download stage uses the mirrors.
@@ -36,6 +39,19 @@ dataset:
 	else \
 	  echo "dataset: not root or no apt: run 'sudo apt-get install dataset-fashion-mnist', or let the"; \
 	  echo "         download stage fetch the files from the HTTP mirrors listed in params.yaml"; \
+	fi
+
+# Debian's chromium for the browser page's test, where we may install it; otherwise that test is skipped.
+browser:
+	@if [ -x $(CHROMIUM) ]; then \
+	  echo "browser: using $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "browser: could not install chromium; tests/test_web.py will be skipped"; \
+	else \
+	  echo "browser: not root or no apt: run 'sudo apt-get install chromium' to test the browser page"; \
+	  echo "         (tests/test_web.py is skipped without it)"; \
 	fi
 
 repro: setup
