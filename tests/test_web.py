@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -394,3 +395,13 @@ def test_resize_and_grey_match_pillow():
     for side, mine, pillow in zip((len(c) for c in cases), got["resized"], expected["resized"]):
         assert mine == pillow, f"LANCZOS {side}x{side} -> 28x28 differs from Pillow"
     assert got["grey"] == expected["grey"]
+
+
+@browser_only
+def test_screenshot_script(site, tmp_path):
+    out = tmp_path / "docs" / "web_page.png"
+    result = subprocess.run([sys.executable, str(WEB / "screenshot.py"), "--out", str(out), "--root", str(site),
+                             "--model", "rnn", "--sample", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(out).size[0] >= 800
+    assert "→ rnn.onnx" in result.stdout and "test image #" in result.stdout
