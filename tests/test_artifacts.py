@@ -174,7 +174,23 @@ def test_missing_or_unreachable_remote_fails_clearly(published, case):
     else:  # no remote at all: DVC names only its temporary cache (documented)
         assert "dvc-cache" in failed.stderr
     assert not (here / "gru.onnx").exists()
+    # dvc.api: the remote that is gone is named in the cause; no remote at all reads as a missing file
+    import dvc.api as dvc_api
+    from dvc.exceptions import PathMissingError
+    from dvc_data.index.index import DataIndexDirError
+
+    artifact = dvc_api.artifacts_show("gru-onnx", repo=str(bare))
+    expected = (DataIndexDirError, r"failed to load directory \('models', 'onnx'\)") if case == "unreachable" else \
+        (PathMissingError, "does not exist in the target repository")
+    with pytest.raises(expected[0], match=expected[1]) as raised:
+        with dvc_api.open(artifact["path"], repo=str(bare), rev=artifact["rev"], mode="rb") as f:
+            f.read()
+    if case == "unreachable":
+        assert str(gone) in str(raised.value.__cause__)
     # the fix on the consumer's side: say where the storage is
     dvc("artifacts", "get", str(bare), "gru-onnx", "--remote", "storage",
         "--remote-config", f"url={published['storage']}", cwd=here)
     assert (here / "gru.onnx").read_bytes() == published["versions"]["v1.1.0"]["gru-onnx"]
+    with dvc_api.open(artifact["path"], repo=str(bare), rev=artifact["rev"], mode="rb", remote="storage",
+                      remote_config={"url": str(published["storage"])}) as f:
+        assert f.read() == published["versions"]["v1.1.0"]["gru-onnx"]
