@@ -1,5 +1,5 @@
-"""export: write ONNX models (uint8 pixels in, logits and probabilities out), verified against PyTorch, and
-time them beside PyTorch."""
+"""export: write ONNX models (uint8 pixels in, logits and probabilities out), verified against PyTorch, a few
+real test images for the browser page beside them, and time the models beside PyTorch."""
 
 import argparse
 from pathlib import Path
@@ -15,6 +15,7 @@ from fmnist_seq.machine import usable_cpus
 from fmnist_seq.onnx_export import export_checkpoint
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.runtime import CPU, CUDA, select_providers
+from fmnist_seq.samples import build_samples
 from fmnist_seq.stage import run_stage
 
 
@@ -49,6 +50,7 @@ def export(args: argparse.Namespace) -> None:
         print(f"{name}: onnxruntime {timings[name]['onnxruntime_cpu_speedup']:.2f}x PyTorch at batch "
               f"{cfg.bench_batch_size} on {threads} thread(s)")
     timings.update(matmul_gflops(cfg.bench_seconds / 4, threads))
+    write_json(Path(args.out) / "samples.json", build_samples(pixels, labels))  # the page's test images
     write_json(args.metrics, metrics)
     write_json(args.timings, timings)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, commit, dvc, make_dataset, make_project, run, serve, synthetic_images
+from conftest import ROOT, commit, dvc, make_dataset, make_project, run, serve, synthetic_images, write_params
 from fmnist_seq.runtime import metadata, open_session, run as run_model
 
 ARTIFACTS = {"gru-onnx": "models/onnx/gru.onnx", "rnn-onnx": "models/onnx/rnn.onnx",
@@ -36,8 +36,8 @@ def test_dvc_yaml_declares_the_exported_files_as_models():
 def published(tmp_path_factory):
     """A reproduced project pushed to a folder remote and a bare git repository, with two tagged versions.
 
-    v1.0.0 of every artifact is the first export; v1.1.0 of gru-onnx is a re-export one commit later
-    (its metadata records another git commit, so the two files differ).
+    v1.0.0 of every artifact is the first export; v1.1.0 of gru-onnx is the GRU retrained with another lr one
+    commit later (a re-export alone would give the same bytes: the file records its checkpoint, not the commit).
     """
     root = tmp_path_factory.mktemp("artifacts")
     files = make_dataset(root / "mirror")
@@ -52,8 +52,9 @@ def published(tmp_path_factory):
     for name in ARTIFACTS:
         run(["git", "tag", "-a", f"{name}@v1.0.0", "-m", f"Release {name} v1.0.0"], cwd=project)
 
-    dvc("repro", "--force", "--single-item", "export", cwd=project)
-    commit(project, "re-export")
+    write_params(project, {"train_gru": {"lr": 0.02}})
+    dvc("repro", cwd=project)
+    commit(project, "GRU at lr 0.02")
     dvc("push", cwd=project)
     versions["v1.1.0"] = {"gru-onnx": (project / ARTIFACTS["gru-onnx"]).read_bytes()}
     run(["git", "tag", "-a", "gru-onnx@v1.1.0", "-m", "Release gru-onnx v1.1.0"], cwd=project)

@@ -36,7 +36,8 @@ def test_full_pipeline_reruns_only_what_changed(project):
     for name in RAW_FILES.values():
         assert (project / "data/raw" / name).is_file()
     for path in ("data/prepared/train.pt", "models/rnn.pt", "models/gru.pt", "models/onnx/gru.onnx",
-                 "models/onnx/rnn.onnx", "results/data/examples.png", "results/train/gru/plots/images/learning_curve.png",
+                 "models/onnx/rnn.onnx", "models/onnx/samples.json", "results/data/examples.png",
+                 "results/train/gru/plots/images/learning_curve.png",
                  "results/evaluate/confusion_gru.png", "results/evaluate/per_class_accuracy.png",
                  "results/evaluate/misclassified_rnn.png", "results/evaluate/summary.md"):
         assert (project / path).is_file(), path

@@ -67,6 +67,7 @@ def _browser_missing() -> str | None:
 
 
 browser_only = pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+pytestmark = pytest.mark.e2e  # a real browser: slow, left out of the quick `-m "not e2e"` loop
 
 
 @pytest.fixture(scope="module")
