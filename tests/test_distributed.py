@@ -148,3 +148,26 @@ def test_a_killed_worker_stops_the_stage_within_seconds_and_a_rerun_succeeds(pre
     rerun = train_stage(again, prepared)
     assert rerun.returncode == 0, rerun.stderr
     assert (folder / "gru.pt").is_file()
+
+
+def test_two_nodes_started_by_torchrun_train_like_the_stage(prepared, tmp_path):
+    """The multi-node recipe of docs/distributed.md, both "nodes" on this machine: two torchrun agents meet
+    at one rendezvous endpoint, one worker each. Same world size, same params: the stage's own two-worker
+    launch gives the same checkpoint, byte for byte."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = project(tmp_path / "nodes", workers=2, epochs=2)
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                                "--rdzv-id", "fmnist-test", *train_command(nodes, prepared)[1:]],
+                               cwd=nodes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs
+    assert json.loads((nodes / "timings.json").read_text())["workers"] == 2
+    stage = project(tmp_path / "stage", workers=2, epochs=2)
+    assert train_stage(stage, prepared).returncode == 0
+    assert (nodes / "gru.pt").read_bytes() == (stage / "gru.pt").read_bytes()
