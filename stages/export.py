@@ -37,7 +37,7 @@ def export(args: argparse.Namespace) -> None:
             timed["onnxruntime_cuda"] = (exported.path, exported.providers)
             timings["providers"] = exported.providers
         if name in cfg.quantize:
-            int8 = quantize_checked(exported.proto, pixels, labels, exported.figures["test_accuracy"],
+            int8 = quantize_checked(exported.proto, pixels, labels, exported.test_accuracy,
                                     cfg.quantize_max_accuracy_drop)
             metrics[name]["int8"] = int8.figures
             if int8.kept:

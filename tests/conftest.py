@@ -212,9 +212,8 @@ def exported(tmp_path_factory):
         ckpt = load_checkpoint(out / f"{name}.pt", MODELS[name])
         result = export_checkpoint(name, ckpt, checkpoint_sha256(out / f"{name}.pt"), cfg, pixels, labels, out,
                                    ["CPUExecutionProvider"], log=lambda _: None)
-        int8 = quantize_checked(result.proto, pixels, labels, result.figures["test_accuracy"],
-                                cfg.quantize_max_accuracy_drop)
+        int8 = quantize_checked(result.proto, pixels, labels, result.test_accuracy, cfg.quantize_max_accuracy_drop)
         if int8.kept:
             write_bytes(out / f"{name}.int8.onnx", int8.model.SerializeToString())
-        figures[name] = {**result.figures, "int8": int8.figures}
+        figures[name] = {**result.figures, "test_accuracy": result.test_accuracy, "int8": int8.figures}
     return out, figures, pixels, labels
