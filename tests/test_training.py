@@ -91,11 +91,22 @@ def test_global_batches_cover_the_epoch_and_drop_only_a_too_small_tail():
 
 
 @pytest.mark.parametrize("head", ["all_steps", "last_step", "mean_steps", "max_steps"])
-def test_model_shapes_for_every_head(head):
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_model_shapes_for_every_cell_and_head(cell, head):
     x = torch.zeros(3, 28, 28, dtype=torch.uint8)
     for bidirectional in (False, True):
-        model_cfg = ModelConfig(cell="gru", hidden_size=8, num_layers=2, bidirectional=bidirectional, head=head)
+        model_cfg = ModelConfig(cell=cell, hidden_size=8, num_layers=2, bidirectional=bidirectional, head=head)
         assert SequenceClassifier(model_cfg, 0.5, 0.25)(x).shape == (3, 10)
+
+
+def test_last_step_head_reads_each_direction_s_final_state():
+    """Forward direction: its state after row 28; backward direction: its state after row 1."""
+    for cell in ("gru", "lstm"):
+        model = SequenceClassifier(ModelConfig(cell=cell, hidden_size=4, bidirectional=True), 0.0, 1.0).eval()
+        pixels = torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8)
+        outputs, _ = model.encoder(model.normalize(pixels))
+        final = torch.cat([outputs[:, -1, :4], outputs[:, 0, 4:]], dim=1)
+        assert torch.allclose(model(pixels), model.head(final), atol=1e-6), cell
 
 
 def test_pooled_heads_pool_over_the_rows():

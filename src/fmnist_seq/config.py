@@ -58,7 +58,7 @@ class PrepareConfig:
 class ModelConfig:
     """Architecture of one sequence classifier (each image row is one time step)."""
 
-    cell: Literal["rnn", "gru"]
+    cell: Literal["rnn", "gru", "lstm"]
     hidden_size: int = _spec(128, ge=1)
     num_layers: int = _spec(1, ge=1)
     bidirectional: bool = False

@@ -23,7 +23,7 @@ class SequenceClassifier(nn.Module):
         # float32 buffers: the same arithmetic as the ONNX graph's Cast/Div/Sub/Div, in every consumer.
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32))
-        recurrent = {"rnn": nn.RNN, "gru": nn.GRU}[cfg.cell]
+        recurrent = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cfg.cell]
         self.encoder = recurrent(
             input_size=IMAGE_SIZE,
             hidden_size=cfg.hidden_size,
@@ -62,7 +62,8 @@ class SequenceClassifier(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized (batch, 28, 28) float32 -> (batch, 10) logits."""
         # -> outputs (batch, 28, directions*hidden), h_n (layers*directions, batch, hidden)
-        outputs, h_n = self.encoder(x)
+        outputs, state = self.encoder(x)
+        h_n = state[0] if self.cfg.cell == "lstm" else state  # an LSTM's state is (h_n, c_n)
         if self.cfg.head == "all_steps":
             return self.head(outputs)  # (batch, 28*directions*hidden) -> (batch, 10)
         if self.cfg.head == "mean_steps":
@@ -88,7 +89,7 @@ def predict_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int,
 
 def forward_flops(cfg: ModelConfig) -> int:
     """Multiply-add FLOPs (2 per MAC) of one image's forward pass; the matmuls dominate all else."""
-    gates = {"rnn": 1, "gru": 3}[cfg.cell]
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell]
     directions = 2 if cfg.bidirectional else 1
     flops, layer_input = 0, IMAGE_SIZE
     for _ in range(cfg.num_layers):
