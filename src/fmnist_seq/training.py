@@ -155,8 +155,8 @@ class Step:
 def make_step(cfg: TrainConfig, model: SequenceClassifier, worker: Worker, steps_per_epoch: int) -> Step:
     trained: nn.Module = model
     if worker.distributed:
-        # The normalization buffers never change: no need to broadcast them before every forward.
-        trained = DistributedDataParallel(model, broadcast_buffers=False)
+        # The normalization buffers never change: synced once at the start, not before every forward.
+        trained = DistributedDataParallel(model, forward_sync_buffers=False)
     optimizer = make_optimizer(cfg, model)
     return Step(model=trained, optimizer=optimizer, scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
                 criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), grad_clip=cfg.grad_clip)

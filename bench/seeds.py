@@ -1,0 +1,102 @@
+"""Test accuracy over several seeds: how much of a result is the recipe, and how much the luck of one seed.
+
+For each seed, in a scratch folder with params.yaml's settings (plus any -S overrides) and that seed, it
+prepares the split (the seed drives the split as in the pipeline), trains the model with the training stage
+itself (`stages/train.py`, data-parallel workers included) and scores the selected checkpoint on the
+10,000 test images. Prints one JSON line per run and a summary line with the mean and the sample standard
+deviation; --out appends a Markdown row per model and configuration.
+
+  python bench/seeds.py --model gru --seeds 2026 2027 2028
+  python bench/seeds.py --model gru --seeds 2026 2027 2028 -S model.bidirectional=true -S model.head=mean_steps \
+      --label "bi-GRU, mean over steps" --out docs/seeds_table.md
+
+-S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from fmnist_seq.checkpoint import load_checkpoint
+from fmnist_seq.config import PrepareConfig, TrainConfig, build, load_block
+from fmnist_seq.data import load_split, prepare_splits, read_raw, save_prepared
+from fmnist_seq.evaluation import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def apply_overrides(block: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        target = block
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = yaml.safe_load(value)
+    return block
+
+
+def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["seed"] = seed
+    apply_overrides(params[f"train_{model}"], overrides)
+    cfg = build(TrainConfig, params[f"train_{model}"], f"train_{model}")  # a bad -S fails here, before work
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        splits, norm = prepare_splits(read_raw(raw), load_block(PrepareConfig, "prepare").valid_ratio, seed)
+        save_prepared(splits, norm, work / "prepared")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--model", model, "--data",
+                        str(work / "prepared"), "--checkpoint", str(work / "model.pt"), "--live-dir",
+                        str(work / "live"), "--timings", str(work / "timings.json")],
+                       cwd=work, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        result = evaluate_checkpoint(load_checkpoint(work / "model.pt", cfg.model), load_split(work / "prepared", "test"),
+                                     batch_size=1000)
+        workers = json.loads((work / "timings.json").read_text())["workers"]
+    return {"model": model, "seed": seed, "overrides": overrides, **result.metrics, "train_wall_s": round(seconds, 1),
+            "workers": workers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("rnn", "gru"), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028])
+    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a change to the model's train block, e.g. -S model.hidden_size=256 (repeatable)")
+    parser.add_argument("--label", help="the configuration's name in the Markdown row (default: the overrides)")
+    parser.add_argument("--raw", type=Path, default=ROOT / "data" / "raw", help="the four IDX files")
+    parser.add_argument("--out", type=Path, help="append a Markdown table row to this file")
+    args = parser.parse_args()
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_seed(args.model, seed, args.overrides, args.raw))
+        print(json.dumps(runs[-1]), flush=True)
+    accuracies = [r["test_accuracy"] for r in runs]
+    mean = statistics.mean(accuracies)
+    std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    summary = {"model": args.model, "overrides": args.overrides, "seeds": args.seeds,
+               "test_accuracy_mean": round(mean, 5), "test_accuracy_std": round(std, 5),
+               "test_accuracy": accuracies, "parameters": runs[0]["parameters"],
+               "train_wall_s_mean": round(statistics.mean(r["train_wall_s"] for r in runs), 1)}
+    print(json.dumps(summary), flush=True)
+    if args.out:
+        label = args.label or (", ".join(args.overrides) or "defaults")
+        each = ", ".join(f"{100 * a:.2f}" for a in accuracies)
+        with args.out.open("a") as f:
+            f.write(f"| {args.model.upper()} | {label} | {100 * mean:.2f}% ± {100 * std:.2f} | {each} | "
+                    f"{runs[0]['parameters']:,} | {summary['train_wall_s_mean']:.0f} s |\n")
+
+
+if __name__ == "__main__":
+    main()
