@@ -61,11 +61,11 @@ def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
                         str(work / "live"), "--timings", str(work / "timings.json")],
                        cwd=work, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
-        result = evaluate_checkpoint(load_checkpoint(work / "model.pt", cfg.model), load_split(work / "prepared", "test"),
-                                     batch_size=1000)
+        ckpt = load_checkpoint(work / "model.pt", cfg.model)
+        result = evaluate_checkpoint(ckpt, load_split(work / "prepared", "test"), batch_size=1000)
         workers = json.loads((work / "timings.json").read_text())["workers"]
     return {"model": model, "seed": seed, "overrides": overrides, **result.metrics, "train_wall_s": round(seconds, 1),
-            "workers": workers}
+            "workers": workers, "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in ckpt.history]}
 
 
 def main() -> None:

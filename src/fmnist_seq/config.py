@@ -78,6 +78,7 @@ class TrainConfig:
     lr: float = _spec(1e-3, gt=0)
     weight_decay: float = _spec(0.0, ge=0)
     schedule: Literal["constant", "onecycle", "cosine"] = "constant"
+    warmup: float = _spec(0.3, gt=0, lt=1)  # onecycle: share of the steps spent rising to the peak lr
     batch_size: int = _spec(128, ge=1)
     epochs: int = _spec(10, ge=1)
     patience: int = _spec(3, ge=0)  # 0 turns early stopping off
