@@ -35,21 +35,12 @@ from torchvision import datasets, transforms
 from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.config import TrainConfig, load_block
 from fmnist_seq.data import RAW_FILES, load_normalization, load_split
+from fmnist_seq.inference_bench import matmul_gflops
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.models import SequenceClassifier, forward_flops
 
 TARGETS = {"gru": 0.90, "rnn": 0.88}
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def matmul_gflops(size: int = 1024, seconds: float = 3.0) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        calls += 1
-    return 2 * size ** 3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def fashion_mnist_root(raw: Path, scratch: Path) -> Path:
@@ -135,7 +126,7 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     args = parser.parse_args()
     data, raw = args.data.resolve(), args.raw.resolve()
-    ceiling = matmul_gflops()
+    ceiling = matmul_gflops(seconds=3.0, threads=torch.get_num_threads())["matmul_gflops_torch"]
     print(json.dumps({"run": "matmul", "gflops": round(ceiling, 1), "threads": torch.get_num_threads(),
                       "usable_cpus": usable_cpus()}), flush=True)
     for name in args.models:

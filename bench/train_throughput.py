@@ -26,19 +26,10 @@ from fmnist_seq.config import TrainConfig, load_block, load_seed
 from fmnist_seq.data import load_normalization, load_split
 from fmnist_seq.distributed import Worker
 from fmnist_seq.errors import PipelineError
+from fmnist_seq.inference_bench import matmul_gflops
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.models import SequenceClassifier, forward_flops
 from fmnist_seq.training import make_step
-
-
-def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        calls += 1
-    return 2 * size ** 3 * calls / (time.perf_counter() - start) / 1e9
 
 
 def train_samples_per_s(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
@@ -82,9 +73,9 @@ def main() -> None:
         if args.batch_size:
             cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
         # Interleave: the matmul rate is taken right before and after this model's timing.
-        before = matmul_gflops()
+        before = matmul_gflops(seconds=2.0, threads=args.threads)["matmul_gflops_torch"]
         rate = train_samples_per_s(cfg, images, labels, mean, std, args.steps, seed)
-        ceiling = max(before, matmul_gflops())
+        ceiling = max(before, matmul_gflops(seconds=2.0, threads=args.threads)["matmul_gflops_torch"])
         achieved = rate * 3 * forward_flops(cfg.model) / 1e9
         print(json.dumps({
             "model": name, "batch_size": cfg.batch_size, "data": data, "threads": torch.get_num_threads(),
