@@ -37,11 +37,14 @@ def _record(entry: dict) -> dict:
 
 
 def experiments(shown: list[dict]) -> list[dict]:
-    """Flatten `dvc exp show --json` into records that know their baseline's params."""
+    """Flatten `dvc exp show --json` into records that know their baseline's params (finished ones only: a
+    queued or running experiment shows its baseline's metrics)."""
     found = []
     for commit in shown:
         baseline = _record(commit)
         for group in commit.get("experiments") or []:
+            if ((group.get("executor") or {}).get("state") or "success") != "success":
+                continue
             for rev in group.get("revs") or []:
                 record = _record(rev)
                 if record["params"] and record["metrics"]:

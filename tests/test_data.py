@@ -5,7 +5,7 @@ import torch
 from conftest import make_dataset
 from fmnist_seq.config import DownloadConfig, FileSpec
 from fmnist_seq.data import (Normalization, data_metrics, examples_per_class, load_normalization, load_split,
-                             prepare_splits, read_raw, save_prepared, stratified_split)
+                             per_class_counts, prepare_splits, read_raw, save_prepared, stratified_split)
 from fmnist_seq.download import fetch_all
 from fmnist_seq.errors import DataError
 
@@ -56,7 +56,10 @@ def test_splits_keep_raw_pixels_and_statistics_come_from_train_only(raw, tmp_pat
 def test_metrics_and_examples(raw):
     splits, norm = prepare_splits(raw, 0.1, seed=3)
     metrics = data_metrics(splits, norm)
-    assert metrics["train"]["count"] == 360 and metrics["valid"]["per_class"]["ankle_boot"] == 4
+    assert (metrics["train_images"], metrics["valid_images"], metrics["test_images"]) == (360, 40, 100)
+    assert metrics["pixel_mean"] == norm.mean and metrics["pixel_std"] == norm.std
+    counts = per_class_counts(splits)
+    assert counts["valid"]["ankle_boot"] == 4 and sum(counts["train"].values()) == 360
     picks = examples_per_class(splits["train"])
     assert splits["train"].labels[picks].tolist() == list(range(10))
 

@@ -64,7 +64,7 @@ def test_full_pipeline_reruns_only_what_changed(project):
             actual = sum(v for (a, _), v in pairs.items() if a == name)
             assert per_class[model][key]["recall"] == pairs[(name, name)] / actual
     data_metrics = json.loads((project / "results/data/metrics.json").read_text())
-    assert (data_metrics["train"]["count"], data_metrics["valid"]["count"], data_metrics["test"]["count"]) == (270, 30, 100)
+    assert (data_metrics["train_images"], data_metrics["valid_images"], data_metrics["test_images"]) == (270, 30, 100)
     train_metrics = json.loads((project / "results/train/rnn/metrics.json").read_text())
     assert train_metrics["step"] == 3 and "selected" in train_metrics
     assert ort.InferenceSession(str(project / "models/onnx/gru.onnx")).get_modelmeta().custom_metadata_map["class_names"]
