@@ -53,6 +53,15 @@ def test_splits_keep_raw_pixels_and_statistics_come_from_train_only(raw, tmp_pat
     assert load_normalization(tmp_path) == norm
 
 
+def test_prepared_files_are_byte_identical_across_runs(raw, tmp_path):
+    # DVC hashes the bytes: if two runs of prepare differ, every training stage reruns for nothing.
+    splits, norm = prepare_splits(raw, 0.1, seed=3)
+    save_prepared(splits, norm, tmp_path / "a")
+    save_prepared(splits, norm, tmp_path / "b")
+    for name in ("train.pt", "valid.pt", "test.pt", "stats.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 def test_metrics_and_examples(raw):
     splits, norm = prepare_splits(raw, 0.1, seed=3)
     metrics = data_metrics(splits, norm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -52,6 +53,19 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
 def write_bytes(dest: str | Path, data: bytes) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
+
+
+def write_torch(dest: str | Path, obj: Any) -> None:
+    """torch.save `obj` to `dest`, with the same bytes every time for the same tensors.
+
+    torch.save names the zip archive's folder after the file it writes to, and the atomic write's temporary
+    name is random; saving through memory keeps the name out, so DVC sees identical outputs on a rerun.
+    """
+    import torch  # here, so that the stages that never touch tensors do not pay for importing torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(dest, buffer.getvalue())
 
 
 def write_text(dest: str | Path, text: str) -> None:

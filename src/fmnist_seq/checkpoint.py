@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fmnist_seq.atomic import write_bytes
+from fmnist_seq.atomic import write_torch
 from fmnist_seq.config import ModelConfig, as_dict, build
 from fmnist_seq.errors import CheckpointError, ParamsError
 from fmnist_seq.models import SequenceClassifier
@@ -40,11 +39,8 @@ def save_checkpoint(path: str | Path, model: SequenceClassifier, train_params: d
         "valid": valid,
         "history": history,
     }
-    # Saved through memory: torch.save names the archive after its file, and the atomic write's temporary
-    # name is random. Same training, same bytes, so the exported models' checkpoint_sha256 is stable too.
-    buffer = io.BytesIO()
-    torch.save(blob, buffer)
-    write_bytes(path, buffer.getvalue())
+    # Same training, same bytes, so the exported models' checkpoint_sha256 is stable too.
+    write_torch(path, blob)
 
 
 def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Checkpoint:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from fmnist_seq.atomic import atomic_path, write_json
+from fmnist_seq.atomic import write_json, write_torch
 from fmnist_seq.classes import CLASS_KEYS, NUM_CLASSES
 from fmnist_seq.errors import DataError
 
@@ -99,9 +99,8 @@ def prepare_splits(raw: dict[str, torch.Tensor], valid_ratio: float, seed: int
 def save_prepared(splits: dict[str, Split], norm: Normalization, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     for name, split in splits.items():
-        with atomic_path(out_dir / f"{name}.pt") as tmp:
-            torch.save({"images": split.images.contiguous(), "labels": split.labels,
-                        "source_index": split.source_index}, tmp)
+        write_torch(out_dir / f"{name}.pt", {"images": split.images.contiguous(), "labels": split.labels,
+                                              "source_index": split.source_index})
     write_json(out_dir / STATS_FILE, {"mean": norm.mean, "std": norm.std})
 
 
