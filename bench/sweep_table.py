@@ -80,7 +80,8 @@ def table(model: str, rows: list[dict]) -> str:
              "parameters | train time |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         changed = ", ".join(f"`{k}={v}`" for k, v in sorted(r["changed"].items())) or "(baseline)"
-        seconds = f"{r['train_seconds']:.0f} s ({r['workers']} workers)" if r["train_seconds"] else "–"
+        workers = f"{r['workers']} worker" + ("s" if r["workers"] != 1 else "")
+        seconds = f"{r['train_seconds']:.0f} s ({workers})" if r["train_seconds"] else "–"
         lines.append(f"| {r['experiment']} | {changed} | {100 * r['test_accuracy']:.2f}% | {r['test_loss']:.4f} | "
                      f"{100 * r['valid_accuracy']:.2f}% | {r['selected_epoch']} | {r['parameters']:,} | {seconds} |")
     return "\n".join(lines)
