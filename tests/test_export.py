@@ -12,10 +12,11 @@ import torch
 from conftest import MODELS, NORM
 from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
-from fmnist_seq.config import ExportConfig
+from fmnist_seq.config import ExportConfig, ModelConfig
 from fmnist_seq.errors import ExportError, InferenceError
 from fmnist_seq.inference_bench import MODEL_IR_VERSION, benchmark, matmul_model, session_engine, torch_engine
-from fmnist_seq.onnx_export import export_checkpoint
+from fmnist_seq.models import SequenceClassifier
+from fmnist_seq.onnx_export import export_checkpoint, export_model
 from fmnist_seq.parity import onnx_logits, torch_logits
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
@@ -49,6 +50,22 @@ def test_dynamic_batch_matches_pytorch(exported, name, batch):
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
     reference = torch_logits(load_checkpoint(out / f"{name}.pt").model, pixels[:batch])
     np.testing.assert_allclose(logits, reference, atol=1e-4)
+
+
+# Every cell and every head at least once (each export takes seconds, so not all twelve pairs).
+@pytest.mark.parametrize("cell, head", [("rnn", "all_steps"), ("gru", "max_steps"), ("gru", "mean_steps"),
+                                        ("lstm", "last_step"), ("lstm", "mean_steps")])
+def test_every_variant_exports_and_matches_pytorch(cell, head):
+    """The variants the sweeps train (docs/accuracy.md) export like the defaults: bidirectional, 2 layers."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(ModelConfig(cell=cell, hidden_size=8, num_layers=2, bidirectional=True,
+                                           head=head, head_hidden=16), mean=0.29, std=0.35).eval()
+    proto = export_model(model, "dynamo", opset=18)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=[CPU])
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    logits, probabilities = session.run(None, {"pixels": pixels})
+    np.testing.assert_allclose(logits, torch_logits(model, pixels), atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
 
 
 def test_input_contract_is_uint8_pixels(exported):
