@@ -9,7 +9,7 @@ DATASET_DIR := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 WEB_PORT ?= 8000
 
-# Every command below, and every stage command that `dvc repro` starts (`python stages/...`), runs with the
+# Every command below, and every stage command that `dvc repro` starts (`python3 stages/...`), runs with the
 # venv first on PATH, whatever the calling shell has: no activation needed for make's own targets.
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))

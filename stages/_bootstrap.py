@@ -2,7 +2,7 @@
 
 - This checkout's `src/` goes first on sys.path, so a stage runs exactly the code files DVC hashed as its
   deps, also in the temporary copies that `dvc exp run --queue` works in (an installed copy could differ).
-- A Python without the project's packages (the system `python` when the venv is not active) stops here with
+- A Python without the project's packages (the system `python3` when the venv is not active) stops here with
   one line that says what to do, instead of a ModuleNotFoundError traceback.
 """
 

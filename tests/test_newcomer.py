@@ -65,9 +65,9 @@ def test_a_stage_under_the_wrong_python_says_what_to_do(tmp_path):
 
 
 def test_venv_dvc_without_activation_fails_with_the_hint(newcomer_project):
-    """`.venv/bin/dvc repro` without activating: the stage's `python` is the system one."""
+    """`.venv/bin/dvc repro` without activating: the stages' `python3` is the system one."""
     env = newcomer_env()
-    system_python = shutil.which("python", path=env["PATH"])
+    system_python = shutil.which("python3", path=env["PATH"])
     if can_import(system_python, "torch", env):
         pytest.skip(f"the system Python ({system_python}) has torch: it would run the stages")
     result = run([str(VENV_BIN / "dvc"), "repro", "download"], cwd=newcomer_project, env=env, check=False)
