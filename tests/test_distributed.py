@@ -2,7 +2,6 @@
 cleanly (the rank named, no checkpoint, no process left behind) when a worker dies."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

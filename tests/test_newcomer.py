@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN, make_project, run
+from conftest import ROOT, VENV_BIN, run
 
 pytestmark = pytest.mark.e2e
 
