@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
 
 from fmnist_seq.atomic import write_bytes
 from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
-from fmnist_seq.config import ExportConfig, ModelConfig, TrainConfig, as_dict
-from fmnist_seq.data import RAW_FILES, Normalization, Split
+from fmnist_seq.config import DownloadConfig, ExportConfig, FileSpec, ModelConfig, TrainConfig, as_dict
+from fmnist_seq.data import RAW_FILES, Normalization, Split, prepare_splits, read_raw, save_prepared
+from fmnist_seq.download import fetch_all
 from fmnist_seq.onnx_export import export_checkpoint
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.training import fit
@@ -169,6 +171,51 @@ def commit(project: Path, message: str) -> None:
 def project(tmp_path: Path, http_mirror) -> Path:
     url, _, files = http_mirror
     return make_project(tmp_path / "project", url, files)
+
+
+# --- the training stage's script, run as a process on prepared synthetic data -------------------
+
+def prepare_synthetic(root: Path, per_class_train: int) -> Path:
+    """Synthetic data downloaded and prepared the way the stages do it; returns the prepared folder."""
+    files = make_dataset(root / "mirror", per_class_train=per_class_train)
+    cfg = DownloadConfig(sources=[str(root / "mirror")], files={n: FileSpec(**s) for n, s in files.items()})
+    fetch_all(cfg, root / "raw")
+    splits, norm = prepare_splits(read_raw(root / "raw"), 0.1, seed=0)
+    save_prepared(splits, norm, root / "prepared")
+    return root / "prepared"
+
+
+def train_project(folder: Path, **train_gru) -> Path:
+    """A folder with a params.yaml whose train_gru block has the fast settings plus `train_gru`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deep_update(params, {"train_gru": FAST_PARAMS["train_gru"]})
+    deep_update(params, {"train_gru": train_gru})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def train_command(folder: Path, data: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "stages" / "train.py"), "--model", "gru", "--data", str(data),
+            "--checkpoint", str(folder / "gru.pt"), "--live-dir", str(folder / "live"),
+            "--timings", str(folder / "timings.json")]
+
+
+def train_stage(folder: Path, data: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(folder, data), cwd=folder, capture_output=True, text=True, timeout=300)
+
+
+def workers_of(process: psutil.Process) -> dict[int, psutil.Process]:
+    """The training workers below `process`, by rank (torchrun's RANK in their environment)."""
+    found = {}
+    for child in process.children(recursive=True):
+        try:
+            rank = child.environ().get("RANK")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if rank is not None:
+            found[int(rank)] = child
+    return found
 
 
 # --- tiny trained and exported models, shared by the export, predict and Node.js tests ----------

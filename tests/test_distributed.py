@@ -13,11 +13,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST_PARAMS, ROOT, deep_update, make_dataset
+from conftest import prepare_synthetic, train_command, train_project as project, train_stage, workers_of
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import DownloadConfig, FileSpec, TrainConfig, build
-from fmnist_seq.data import load_normalization, load_split, prepare_splits, read_raw, save_prepared
-from fmnist_seq.download import fetch_all
+from fmnist_seq.config import TrainConfig, build
+from fmnist_seq.data import load_normalization, load_split
 from fmnist_seq.training import fit
 
 pytestmark = pytest.mark.e2e
@@ -25,34 +24,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    """Synthetic data downloaded and prepared the way the stages do it."""
-    root = tmp_path_factory.mktemp("distributed")
-    files = make_dataset(root / "mirror", per_class_train=60)
-    cfg = DownloadConfig(sources=[str(root / "mirror")], files={n: FileSpec(**s) for n, s in files.items()})
-    fetch_all(cfg, root / "raw")
-    splits, norm = prepare_splits(read_raw(root / "raw"), 0.1, seed=0)
-    save_prepared(splits, norm, root / "prepared")
-    return root / "prepared"
-
-
-def project(tmp_path: Path, **train_gru) -> Path:
-    """A folder with a params.yaml whose train_gru block has the fast settings plus `train_gru`."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    deep_update(params, {"train_gru": FAST_PARAMS["train_gru"]})
-    deep_update(params, {"train_gru": train_gru})
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return tmp_path
-
-
-def train_command(folder: Path, data: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "stages" / "train.py"), "--model", "gru", "--data", str(data),
-            "--checkpoint", str(folder / "gru.pt"), "--live-dir", str(folder / "live"),
-            "--timings", str(folder / "timings.json")]
-
-
-def train_stage(folder: Path, data: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(train_command(folder, data), cwd=folder, capture_output=True, text=True, timeout=300)
+    return prepare_synthetic(tmp_path_factory.mktemp("distributed"), per_class_train=60)
 
 
 def test_two_workers_reproduce_bit_for_bit(prepared, tmp_path):
@@ -109,20 +81,9 @@ def test_a_failing_worker_fails_the_stage_with_its_error(prepared, tmp_path):
     assert not (folder / "gru.pt").exists() and not (folder / "live").exists()
 
 
-def _workers_of(process: psutil.Process) -> dict[int, psutil.Process]:
-    found = {}
-    for child in process.children(recursive=True):
-        try:
-            rank = child.environ().get("RANK")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if rank is not None:
-            found[int(rank)] = child
-    return found
-
-
 def test_a_killed_worker_stops_the_stage_within_seconds_and_a_rerun_succeeds(prepared, tmp_path):
-    folder = project(tmp_path, workers=2, epochs=400, patience=0)
+    """With max_restarts 0, as before restarts existed (tests/test_resume.py restarts the workers)."""
+    folder = project(tmp_path, workers=2, epochs=400, patience=0, max_restarts=0)
     stage = subprocess.Popen(train_command(folder, prepared), cwd=folder, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -130,7 +91,7 @@ def test_a_killed_worker_stops_the_stage_within_seconds_and_a_rerun_succeeds(pre
         workers: dict[int, psutil.Process] = {}
         while time.monotonic() < deadline and not (folder / "live" / "metrics.json").exists():
             time.sleep(0.2)  # dvclive writes its summary after the first epoch: training is under way
-        workers = _workers_of(psutil.Process(stage.pid))
+        workers = workers_of(psutil.Process(stage.pid))
         assert set(workers) == {0, 1}, "two workers should be training"
         workers[1].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()

@@ -88,6 +88,9 @@ class TrainConfig:
     # Data-parallel training processes: auto = one per physical core on the CPU, one per GPU on CUDA.
     # batch_size stays the global batch, split across workers, so lr keeps its meaning at any count.
     workers: Union[int, Literal["auto"]] = _spec("auto", ge=1)
+    # With several workers: how often the launcher restarts them all after one dies (killed, out of memory);
+    # they resume from the last finished epoch. 0: the first failure fails the stage.
+    max_restarts: int = _spec(2, ge=0)
 
     def check(self, where: str) -> None:
         if isinstance(self.workers, int) and self.workers > self.batch_size:

@@ -5,13 +5,19 @@ exactly as `torchrun --standalone --nproc-per-node N` would (its own free port, 
 collide). Each copy reads its rank from the environment that torchrun sets, joins the process group (gloo on
 the CPU, nccl on CUDA) and trains its shard of every batch. Started by `torchrun` on several machines, the same
 script joins their group instead. With one worker nothing is launched: the stage trains in its own process.
+A worker never outlives the process that launched it, and the launcher restarts the whole group up to
+`max_restarts` times when a worker dies (the workers then resume from the last epoch's snapshot).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import signal
 import sys
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +26,14 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from fmnist_seq.errors import TrainingError
+from fmnist_seq.errors import Interrupted, TrainingError
 from fmnist_seq.machine import physical_cores, usable_cpus
 
 # What torchrun puts in every worker's environment.
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# The pid of the stage process that launched the workers, so that a worker can tell it is gone.
+LAUNCHER_PID_ENV = "FMNIST_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -88,26 +97,72 @@ def join(device_name: str) -> Iterator[Worker]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield Worker(rank=rank, world_size=world_size, device=device)
+    except RuntimeError as exc:
+        if not _peer_lost(exc):
+            raise
+        # Another worker died (killed, out of memory): the launcher reports it, and restarts or stops the run.
+        raise TrainingError(f"lost contact with another training worker ({str(exc).splitlines()[0][:200]})") from None
     finally:
         dist.destroy_process_group()
 
 
-def launch(workers: int, script: str, args: list[str]) -> None:
+def _peer_lost(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(s in text for s in ("gloo/transport", "Connection reset by peer",
+                                                                       "Connection closed by peer", "NCCL"))
+
+
+def die_with_launcher() -> None:
+    """End this worker as soon as the process that launched it dies, whatever killed it (SIGKILL included).
+
+    The elastic launcher starts each worker in a session of its own, so a signal to the stage's process group
+    (Ctrl-C, `kill -- -PGID`) never reaches the workers: without this they would train on, and rank 0 would
+    write outputs that no DVC run records. Linux delivers SIGKILL to a child whose parent dies (a kill writes
+    nothing); elsewhere a thread watches the parent.
+    """
+    launcher = int(os.environ.get(LAUNCHER_PID_ENV, os.getppid()))
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == launcher:
+                time.sleep(1.0)
+            os._exit(1)
+        threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+    if os.getppid() != launcher:  # it died before the line above took effect
+        os._exit(1)
+
+
+def launch(workers: int, script: str, args: list[str], max_restarts: int = 0) -> None:
     """Run `python script args` as `workers` processes on this machine, like `torchrun --standalone`.
 
-    The launcher watches the workers; when one fails or is killed it stops the others, so the stage ends
-    within seconds with a TrainingError that names the rank, and no worker is left waiting for it.
+    The launcher watches the workers; when one fails or is killed it stops the others and, up to
+    `max_restarts` times, starts them all again (they resume from the last snapshot). Past that the stage ends
+    within seconds with a TrainingError that names the rank, and no worker is left waiting for it. SIGINT or
+    SIGTERM stops the workers and raises Interrupted.
     """
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # The launcher's own warnings (each restart, each signal) would bury the stage's one-line messages; each of
+    # its modules sets its logger's level itself, so each is quieted.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    # Restarted workers would read the first attempt's stale addresses from the launcher's shared store and
+    # hang in init_process_group (pytorch/pytorch#135712): a new store for every attempt.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # port 0: a free port, chosen now
-                          max_restarts=0, monitor_interval=0.1)
+                          max_restarts=max_restarts, monitor_interval=0.1)
     try:
         elastic_launch(config, entrypoint=sys.executable)(script, *args)
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc.failures)) from None
+    except SignalException as exc:  # the launcher has already passed the signal on to the workers
+        raise Interrupted(signal.Signals(exc.sigval).name) from None
 
 
 def describe_failure(failures: dict) -> str:
@@ -157,3 +212,21 @@ def broadcast_flag(flag: bool, worker: Worker) -> bool:
     value = torch.tensor([int(flag)], device=worker.device)
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+def broadcast_object(obj: object, worker: Worker) -> object:
+    """Rank 0's `obj` on every rank (pickled between this run's own processes, never read from a file)."""
+    if not worker.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=worker.device if worker.device.type == "cuda" else None)
+    return box[0]
+
+
+def all_gather_objects(obj: object, worker: Worker) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not worker.distributed:
+        return [obj]
+    gathered: list = [None] * worker.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered

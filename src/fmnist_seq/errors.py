@@ -27,3 +27,12 @@ class ExportError(PipelineError):
 
 class InferenceError(PipelineError):
     """An ONNX model cannot be loaded or run (missing or broken file, an execution provider that did not start)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped a stage; `signal_name` says which. A KeyboardInterrupt, so that no
+    `except Exception` on the way swallows it."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name

@@ -1,14 +1,15 @@
-"""What every stage script shares: one clear error line, and no half-written outputs on failure."""
+"""What every stage script shares: one clear error line, and no half-written outputs on failure or interrupt."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Iterable
 
-from fmnist_seq.errors import PipelineError
+from fmnist_seq.errors import Interrupted, PipelineError
 
 
 def remove_outputs(paths: Iterable[str | Path]) -> None:
@@ -19,19 +20,35 @@ def remove_outputs(paths: Iterable[str | Path]) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_stage(name: str, main: Callable[[], None], outputs: Iterable[str | Path]) -> None:
-    """Run `main`; on any failure remove `outputs` so no later run mistakes them for good ones."""
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run_stage(name: str, main: Callable[[], None], outputs: Iterable[str | Path],
+              on_interrupt: Callable[[], str] | None = None, quiet_interrupt: bool = False) -> None:
+    """Run `main`; on any failure remove `outputs` so no later run mistakes them for good ones.
+
+    SIGTERM (a scheduler, `kill`, `dvc queue kill`) is handled like Ctrl-C: the outputs are removed and the
+    stage exits with 128 + the signal's number. `on_interrupt` adds what was kept to that one line;
+    `quiet_interrupt` says nothing (a training worker, whose launcher speaks for it).
+    """
     outputs = list(outputs)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except PipelineError as exc:
         remove_outputs(outputs)
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         remove_outputs(outputs)
-        print(f"{name}: interrupted; its outputs were removed", file=sys.stderr)
-        sys.exit(130)
+        signal_name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+        if not quiet_interrupt:
+            kept = f"; {on_interrupt()}" if on_interrupt is not None else ""
+            print(f"{name}: interrupted by {signal_name}{kept}; its outputs were removed", file=sys.stderr)
+        sys.exit(128 + signal.Signals[signal_name].value)
     except Exception:
         remove_outputs(outputs)
         traceback.print_exc()

@@ -48,4 +48,10 @@ def write_timings(path: str | Path, result: TrainResult, worker: Worker, threads
         "epochs": [{"epoch": r.epoch, "elapsed_s": round(r.elapsed_s, 1), "images_per_s": round(r.images_per_s, 1)}
                    for r in result.history],
     }
+    if result.snapshot_seconds:  # what saving the state after each epoch costs, against an epoch's time
+        epoch_s = result.history[-1].elapsed_s / len(result.history)
+        mean_s = sum(result.snapshot_seconds) / len(result.snapshot_seconds)
+        timings["snapshot"] = {"writes": len(result.snapshot_seconds), "mean_s": round(mean_s, 4),
+                               "max_s": round(max(result.snapshot_seconds), 4),
+                               "share_of_epoch": round(mean_s / epoch_s, 5)}
     write_json(path, timings)

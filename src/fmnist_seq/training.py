@@ -2,12 +2,14 @@
 
 The tensors stay in memory (no DataLoader): each epoch is one seeded permutation, cut into global batches of
 `batch_size`; every worker trains on its shard of each batch and DistributedDataParallel averages the
-gradients, so one worker or many follow the same recipe with the same learning rate.
+gradients, so one worker or many follow the same recipe with the same learning rate. With `snapshots`, the
+state after every epoch is saved, and a run that finds its own snapshot continues from it exactly.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -22,9 +24,11 @@ from tqdm import tqdm
 
 from fmnist_seq.config import TrainConfig
 from fmnist_seq.data import Normalization, Split
-from fmnist_seq.distributed import Worker, all_reduce_sum, broadcast_flag, gather_chunks, shard
+from fmnist_seq.distributed import (Worker, all_gather_objects, all_reduce_sum, broadcast_flag, broadcast_object,
+                                    gather_chunks, shard)
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.models import SequenceClassifier, predict_logits
+from fmnist_seq.snapshot import Snapshots
 
 VALID_BATCH = 1024
 
@@ -60,6 +64,9 @@ class EarlyStopping:
     best_epoch: int = 0
     stale_epochs: int = 0
 
+    def state(self) -> dict[str, float | int]:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "stale_epochs": self.stale_epochs}
+
     def update(self, epoch: int, valid_loss: float) -> bool:
         """Record one epoch; True when it is the new best."""
         if valid_loss < self.best_loss:
@@ -78,6 +85,7 @@ class TrainResult:
     model: SequenceClassifier  # on rank 0: the selected (best validation loss) weights
     history: list[EpochRecord]
     selected_epoch: int
+    snapshot_seconds: list[float] = dataclasses.field(default_factory=list)  # each snapshot write of this process
 
     @property
     def selected(self) -> EpochRecord:
@@ -179,12 +187,31 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
                 disable=not (enabled and sys.stderr.isatty()))
 
 
+def _random_states(worker: Worker) -> dict[str, list[torch.Tensor]]:
+    """Every rank's torch generator states (its dropout masks), in rank order, on every rank."""
+    mine = {"cpu": torch.get_rng_state()}
+    if worker.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(worker.device)
+    ranks = all_gather_objects(mine, worker)
+    return {kind: [r[kind] for r in ranks] for kind in mine}
+
+
+def _set_random_states(states: dict[str, list[torch.Tensor]], worker: Worker) -> None:
+    torch.set_rng_state(states["cpu"][worker.rank])
+    if "cuda" in states and worker.device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"][worker.rank], worker.device)
+
+
 def fit(cfg: TrainConfig, train: Split, valid: Split, norm: Normalization, seed: int, worker: Worker = Worker(),
-        on_epoch: Callable[[EpochRecord], None] | None = None, log: Callable[[str], None] = print) -> TrainResult:
+        on_epoch: Callable[[EpochRecord], None] | None = None, log: Callable[[str], None] = print,
+        snapshots: Snapshots | None = None) -> TrainResult:
     """Train a model from `cfg.model`, select the epoch with the best validation loss, return it.
 
     Every worker calls this with the same arguments; all of them stop at the same epoch. Only rank 0 logs,
     calls `on_epoch`, and returns the selected weights (the others return their last ones).
+    With `snapshots`, rank 0 saves the whole training state after every epoch, and a run that finds its own
+    snapshot continues from the next epoch: it ends exactly where an uninterrupted run would, and `on_epoch`
+    is called for the restored epochs first, so the learning curves continue.
     """
     device = worker.device
     seed_everything(seed, device)
@@ -192,7 +219,6 @@ def fit(cfg: TrainConfig, train: Split, valid: Split, norm: Normalization, seed:
     if worker.rank:  # its own dropout masks; rank 0 keeps the single-process random stream
         torch.manual_seed(seed + worker.rank)
     batches = global_batches(len(train), cfg.batch_size, worker.world_size)
-    step = make_step(cfg, model, worker, len(batches))
     shuffler = torch.Generator().manual_seed(seed)  # the same permutation on every worker
     images, labels = train.images.to(device), train.labels.to(device)
     say = log if worker.is_main else (lambda _: None)
@@ -200,8 +226,29 @@ def fit(cfg: TrainConfig, train: Split, valid: Split, norm: Normalization, seed:
     stopper = EarlyStopping(cfg.patience)
     best_state: dict[str, torch.Tensor] = {}
     history: list[EpochRecord] = []
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    resumed = None
+    if snapshots is not None:  # rank 0 reads the file, every rank gets its content
+        resumed = broadcast_object(snapshots.load() if worker.is_main else None, worker)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])  # before DDP wraps it: DDP starts from rank 0's weights
+    step = make_step(cfg, model, worker, len(batches))
+    if resumed is not None:
+        step.optimizer.load_state_dict(resumed["optimizer"])
+        step.scheduler.load_state_dict(resumed["scheduler"])
+        shuffler.set_state(resumed["shuffler"])
+        _set_random_states(resumed["random"], worker)
+        stopper = EarlyStopping(cfg.patience, **resumed["stopper"])
+        best_state = resumed["best_model"]
+        history = [EpochRecord(**record) for record in resumed["history"]]
+        if on_epoch is not None and worker.is_main:
+            for record in history:
+                on_epoch(record)
+    start = time.perf_counter() - (history[-1].elapsed_s if history else 0.0)
+    snapshot_seconds: list[float] = []
+    stop = stopper.should_stop  # a run killed after its last epoch, before writing its outputs
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if stop:
+            break
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(len(train), generator=shuffler).to(device)
@@ -234,15 +281,26 @@ def fit(cfg: TrainConfig, train: Split, valid: Split, norm: Normalization, seed:
         history.append(record)
         if stopper.update(epoch, valid_loss) and worker.is_main:
             best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None and worker.is_main:
+            on_epoch(record)
+        stop = broadcast_flag(stopper.should_stop, worker)
+        if snapshots is not None:
+            snapshot_start = time.perf_counter()
+            random_states = _random_states(worker)  # a collective: every rank takes part
+            if worker.is_main:
+                snapshots.save({"epoch": epoch, "model": model.state_dict(), "optimizer": step.optimizer.state_dict(),
+                                "scheduler": step.scheduler.state_dict(), "shuffler": shuffler.get_state(),
+                                "random": random_states, "stopper": stopper.state(), "best_model": best_state,
+                                "history": [dataclasses.asdict(r) for r in history]})
+            snapshot_seconds.append(time.perf_counter() - snapshot_start)
+        # Printed once the epoch is safe on disk: what this line reports survives a kill from now on.
         say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}  "
             f"valid loss {valid_loss:.4f} acc {valid_acc:.4f}  {record.images_per_s:,.0f} img/s"
             + ("  *best" if stopper.best_epoch == epoch else ""))
-        if on_epoch is not None and worker.is_main:
-            on_epoch(record)
-        if broadcast_flag(stopper.should_stop, worker):
+        if stop:
             say(f"early stop: no better validation loss for {cfg.patience} epochs; "
                 f"selected epoch {stopper.best_epoch}")
-            break
     if worker.is_main:
         model.load_state_dict(best_state)
-    return TrainResult(model=model.cpu(), history=history, selected_epoch=stopper.best_epoch)
+    return TrainResult(model=model.cpu(), history=history, selected_epoch=stopper.best_epoch,
+                       snapshot_seconds=snapshot_seconds)
