@@ -39,7 +39,7 @@ class FileSpec:
     """What one raw IDX file must be once decompressed."""
 
     sha256: str = _spec(pattern=r"[0-9a-f]{64}")
-    count: int = _spec(ge=1)
+    count: int = _spec(ge=1, le=1_000_000)  # bounds the download's memory: Fashion-MNIST has 60,000 and 10,000
 
 
 @dataclass(frozen=True)
