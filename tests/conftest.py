@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +37,14 @@ def idx_bytes(array: np.ndarray) -> bytes:
     """IDX ubyte encoding: magic 0x08 + ndim, big-endian dims, raw bytes."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(np.uint8).tobytes()
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: a decompression bomb's header costs a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
