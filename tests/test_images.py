@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, header_only_png, synthetic_images
+from conftest import ROOT, header_only_png, pillow_pad_and_resize, synthetic_images
 from fmnist_seq.images import ImageRefused, resize_padded, to_pixels
-
-
-def pillow_pad_and_resize(gray: np.ndarray) -> np.ndarray:
-    """The reference: pad to a centred square with 0, then Pillow's LANCZOS resize to 28x28."""
-    height, width = gray.shape
-    side = max(height, width)
-    square = Image.new("L", (side, side), 0)
-    square.paste(Image.fromarray(gray), ((side - width) // 2, (side - height) // 2))
-    return np.asarray(square.resize((28, 28), Image.Resampling.LANCZOS))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (2, 1), (27, 28), (28, 27), (28, 28), (29, 29), (7, 10),
