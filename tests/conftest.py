@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import importlib.util
 import os
 import shutil
 import struct
@@ -45,6 +46,18 @@ def header_only_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def pillow_pad_and_resize(gray: np.ndarray) -> np.ndarray:
+    """What fmnist-predict and the page compute, the slow way: pad to a centred square with 0, then Pillow's
+    LANCZOS resize to 28x28 (the square takes side**2 bytes: only for small test images)."""
+    from PIL import Image
+
+    height, width = gray.shape
+    side = max(height, width)
+    square = Image.new("L", (side, side), 0)
+    square.paste(Image.fromarray(gray), ((side - width) // 2, (side - height) // 2))
+    return np.asarray(square.resize((28, 28), Image.Resampling.LANCZOS))
 
 
 def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -91,6 +104,26 @@ def serve(folder: Path) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def web_serve_module():
+    """examples/web/serve.py, the server of `make web` (a script beside the page, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("web_serve", ROOT / "examples" / "web" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def serve_page(root: Path) -> Iterator[str]:
+    """`make web`'s server on `root` (laid out like the repository), on a free port; yields the base URL."""
+    server = web_serve_module().make_server(root, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:

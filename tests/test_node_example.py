@@ -14,9 +14,18 @@ from fmnist_seq.runtime import open_session
 
 EXAMPLE = ROOT / "examples" / "node"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
-    shutil.which("node") is None or not (EXAMPLE / "node_modules" / "onnxruntime-node").is_dir(),
-    reason="needs Node.js and `make node-example` (npm ci in examples/node)")]
+def _missing() -> str | None:
+    """What this machine lacks to run the example, and how to get it (`make test` installs the npm packages
+    itself where npm is present)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "needs Node.js and npm (apt-get install nodejs npm); `make test` then installs the example's packages"
+    if not (EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
+        return ("examples/node/node_modules is missing: `make test` installs it (npm ci), so npm ci failed "
+                "(offline?); `make node-example` shows why")
+    return None
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru"])
