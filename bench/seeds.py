@@ -8,7 +8,7 @@ deviation; --out appends a Markdown row per model and configuration.
 
   python bench/seeds.py --model gru --seeds 2026 2027 2028
   python bench/seeds.py --model gru --seeds 2026 2027 2028 -S model.bidirectional=true -S model.head=mean_steps \
-      --label "bi-GRU, mean over steps" --out docs/seeds_table.md
+      --label "bi-GRU, mean over steps" --out seeds_table.md
 
 -S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
 """
