@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import http.server
 import importlib.util
+import json
 import os
 import shutil
 import struct
@@ -46,6 +47,33 @@ def header_only_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def foreign_onnx_model(path: Path, input_name: str = "pixels", input_type: int = 2, dims: tuple = ("batch", 28, 28),
+                       output_name: str = "probabilities", classes: int = 10, class_names: list | None = None,
+                       extra_input: bool = False) -> str:
+    """A tiny valid ONNX model that may break this project's contract: input (input_type 2 is uint8) -> Cast ->
+    Flatten -> MatMul -> Softmax -> output; written to `path`."""
+    from onnx import TensorProto, checker, helper
+
+    features = int(np.prod([d for d in dims[1:]]))
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [features, classes], np.zeros(features * classes).tolist())
+    nodes = [helper.make_node("Cast", [input_name], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["f"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], [output_name])]
+    inputs = [helper.make_tensor_value_info(input_name, input_type, list(dims))]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [1]))
+    graph = helper.make_graph(nodes, "foreign", inputs,
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
+                              [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    if class_names is not None:
+        helper.set_model_props(model, {"class_names": json.dumps(class_names)})
+    checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return str(path)
 
 
 def pillow_pad_and_resize(gray: np.ndarray) -> np.ndarray:

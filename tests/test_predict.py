@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import header_only_png
+from conftest import foreign_onnx_model, header_only_png
 from fmnist_seq.classes import CLASS_NAMES
 from fmnist_seq.predict import main as predict_main, to_pixels
 from fmnist_seq.runtime import CPU, CUDA, open_session, run
@@ -128,31 +128,6 @@ def test_json_stays_complete_when_interrupted(exported, tmp_path, capsys, monkey
     assert [r["file"] for r in json.loads(captured.out)] == files[:1] and "interrupted" in captured.err
 
 
-def _foreign_model(path, input_name="pixels", input_type=onnx.TensorProto.UINT8, dims=("batch", 28, 28),
-                   output_name="probabilities", classes=10, class_names=None, extra_input=False) -> str:
-    """A tiny valid ONNX model: input -> Cast -> Flatten -> MatMul -> Softmax -> output."""
-    from onnx import TensorProto, helper
-
-    features = int(np.prod([d for d in dims[1:]]))
-    weights = helper.make_tensor("w", TensorProto.FLOAT, [features, classes], np.zeros(features * classes).tolist())
-    nodes = [helper.make_node("Cast", [input_name], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("Flatten", ["f"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "w"], ["scores"]),
-             helper.make_node("Softmax", ["scores"], [output_name])]
-    inputs = [helper.make_tensor_value_info(input_name, input_type, list(dims))]
-    if extra_input:
-        inputs.append(helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [1]))
-    graph = helper.make_graph(nodes, "foreign", inputs,
-                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
-                              [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    if class_names is not None:
-        helper.set_model_props(model, {"class_names": json.dumps(class_names)})
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-    return str(path)
-
-
 @pytest.mark.parametrize("changes, message", [
     ({"input_name": "input", "input_type": onnx.TensorProto.FLOAT, "dims": (1, 3, 32, 32)},
      "its input is 'input' tensor(float) [1, 3, 32, 32]; expected one input 'pixels' tensor(uint8) [batch, 28, 28]"),
@@ -163,7 +138,7 @@ def _foreign_model(path, input_name="pixels", input_type=onnx.TensorProto.UINT8,
     ({"class_names": ["a", "b", "c"]}, 'its "class_names" metadata is not a list of 10 names'),
 ])
 def test_a_model_of_another_contract_is_refused_in_one_line(tmp_path, capsys, changes, message):
-    model = _foreign_model(tmp_path / "foreign.onnx", **changes)
+    model = foreign_onnx_model(tmp_path / "foreign.onnx", **changes)
     image = _save(tmp_path / "x.png", np.zeros((28, 28), np.uint8))
     assert predict_main([model, image]) == 2
     err = capsys.readouterr().err
@@ -171,7 +146,7 @@ def test_a_model_of_another_contract_is_refused_in_one_line(tmp_path, capsys, ch
 
 
 def test_a_foreign_model_of_this_contract_works(tmp_path, capsys):
-    model = _foreign_model(tmp_path / "uniform.onnx", class_names=[f"c{i}" for i in range(10)])
+    model = foreign_onnx_model(tmp_path / "uniform.onnx", class_names=[f"c{i}" for i in range(10)])
     image = _save(tmp_path / "x.png", np.zeros((28, 28), np.uint8))
     assert predict_main([model, image, "--json", "-k", "1"]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"][0]
