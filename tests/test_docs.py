@@ -2,8 +2,8 @@
 the committed results are those results.
 
 A path counts as cited when README.md, docs/*.md, dvc.yaml, params.yaml, the Makefile or .ci/run, or a comment
-or docstring under src/, stages/, tests/, bench/ or examples/, names it from the repository root (`docs/x.md`,
-`src/fmnist_seq/x.py`, `results/...`). It exists when git tracks it (a file or a folder), when a stage of
+or docstring under src/, stages/, tests/, bench/ or examples/, names it from the repository root (`docs/<page>.md`,
+`src/fmnist_seq/<module>.py`, `results/...`). It exists when git tracks it (a file or a folder), when a stage of
 dvc.yaml writes it (inside a folder a stage writes whole, any name passes: DVC does not list it), or when it
 lies in a folder that npm ci fills from a committed lock file. A path written with a placeholder
 (`models/<model>.pt`, `models/onnx/*.onnx`) is checked up to the placeholder.
