@@ -139,3 +139,13 @@ def test_the_release_example_quotes_the_committed_accuracy():
     committed = json.loads((ROOT / "results/evaluate/metrics.json").read_text())["gru"]["test_accuracy"]
     quoted = re.findall(r"GRU, ([\d.]+)% test accuracy", (ROOT / "docs/artifacts.md").read_text())
     assert quoted and all(float(q) == round(100 * committed, 2) for q in quoted)
+
+
+def test_the_interpreter_the_docs_name_is_the_one_the_stages_call():
+    """A stage command runs `python3 stages/...`: a doc that says `python` sends a user without
+    python-is-python3 looking for the wrong program."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    (called,) = {stage["cmd"].split()[0] for stage in stages.values()}
+    texts = [(ROOT / "README.md").read_text()] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
+    named = [m for text in texts for m in re.findall(r"(?:stage\s+commands\s+call|the\s+stages')\s+`(\w+)`", text)]
+    assert len(named) >= 3 and set(named) == {called}
