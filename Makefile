@@ -57,23 +57,39 @@ browser:
 repro: setup
 	dvc repro
 
-test: setup
+NPM := $(shell command -v npm 2>/dev/null)
+NODE_STAMP := examples/node/node_modules/.installed
+WEB_STAMP := examples/web/node_modules/.installed
+NPM_STAMPS := $(if $(NPM),$(NODE_STAMP) $(WEB_STAMP))
+# The Node.js example's dependencies (CPU build only: no CUDA download), and the browser page's (onnxruntime-web,
+# served from examples/web/node_modules).
+NODE_NPM_CI := cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund
+WEB_NPM_CI := cd examples/web && npm ci --no-audit --no-fund
+
+# The whole suite, the Node.js example's and the browser page's tests included: their npm packages are
+# installed first where npm is present (again only when a package-lock.json changes). Without npm, or when
+# npm ci fails (offline), those tests are skipped and their skip reason says what is missing.
+test: setup $(NPM_STAMPS)
 	python -m pytest
 
-# The Node.js example's dependencies (CPU build only: no CUDA download).
+$(NODE_STAMP): examples/node/package.json examples/node/package-lock.json
+	@($(NODE_NPM_CI)) && touch $@ || echo "npm ci in examples/node failed (no npm, or offline): its tests are skipped"
+
+$(WEB_STAMP): examples/web/package.json examples/web/package-lock.json
+	@($(WEB_NPM_CI)) && touch $@ || echo "npm ci in examples/web failed (no npm, or offline): the page has no onnxruntime-web, its tests are skipped"
+
+# The same installs, forced.
 node-example:
-	cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund
+	($(NODE_NPM_CI)) && touch $(NODE_STAMP)
 
-# The browser page's dependency (onnxruntime-web, served from examples/web/node_modules).
 web-example:
-	cd examples/web && npm ci --no-audit --no-fund
+	($(WEB_NPM_CI)) && touch $(WEB_STAMP)
 
-# Serve the repository root so the page at /examples/web/ can fetch /models/onnx/*.onnx (after `dvc pull` or
-# `dvc repro`). Only Python's standard library: no venv needed.
-web:
-	@[ -d examples/web/node_modules/onnxruntime-web ] || $(MAKE) --no-print-directory web-example
-	@echo "Open http://127.0.0.1:$(WEB_PORT)/examples/web/  (Ctrl-C to stop)"
-	$(PYTHON) -m http.server --bind 127.0.0.1 --directory . $(WEB_PORT)
+# Serve the page and the exported models (after `dvc pull` or `dvc repro`), and nothing else of the repository:
+# examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never .git/ or .dvc/.
+# Only Python's standard library: no venv needed.
+web: $(WEB_STAMP)
+	$(PYTHON) examples/web/serve.py --root . --port $(WEB_PORT)
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py

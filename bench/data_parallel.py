@@ -19,11 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from fmnist_seq.config import read_params
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_run(model: str, batch_size: int, workers: int, epochs: int, data: Path) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
     params[f"train_{model}"].update(batch_size=batch_size, workers=workers, epochs=epochs)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared")
     args = parser.parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
     for model in args.models:
         default_batch = params[f"train_{model}"]["batch_size"]
         for batch_size in args.batch_sizes or [default_batch, 2 * default_batch]:

@@ -1,7 +1,7 @@
 """Train both models with their params.yaml settings on one device and report the wall time beside the CPU run.
 
 This is the pipeline's training and evaluation, run in memory without DVC, in one process on one device,
-so that it also runs on a machine with only PyTorch, torchvision, PyYAML, tqdm and psutil (a GPU host that
+so that it also runs on a machine with only PyTorch, torchvision, ruamel.yaml, tqdm and psutil (a GPU host that
 cannot reach the package index, say). It reads the raw
 IDX files (`data/raw`, or Debian's `/usr/share/datasets/fashion-mnist` .gz files), makes the same seeded
 split and normalization as the prepare stage, trains each model with `fit`, and prints a JSON line and a

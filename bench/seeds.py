@@ -8,7 +8,7 @@ deviation; --out appends a Markdown row per model and configuration.
 
   python bench/seeds.py --model gru --seeds 2026 2027 2028
   python bench/seeds.py --model gru --seeds 2026 2027 2028 -S model.bidirectional=true -S model.head=mean_steps \
-      --label "bi-GRU, mean over steps" --out docs/seeds_table.md
+      --label "bi-GRU, mean over steps" --out seeds_table.md
 
 -S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import PrepareConfig, TrainConfig, build, load_block
+from fmnist_seq.config import PrepareConfig, TrainConfig, build, load_block, parse_yaml, read_params
 from fmnist_seq.data import load_split, prepare_splits, read_raw, save_prepared
 from fmnist_seq.evaluation import evaluate_checkpoint
 
@@ -41,12 +41,12 @@ def apply_overrides(block: dict, overrides: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target[parent]
-        target[leaf] = yaml.safe_load(value)
+        target[leaf] = parse_yaml(value, f"-S {item}")  # as DVC reads it: `lr=3e-3` is a number
     return block
 
 
 def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
     params["seed"] = seed
     apply_overrides(params[f"train_{model}"], overrides)
     cfg = build(TrainConfig, params[f"train_{model}"], f"train_{model}")  # a bad -S fails here, before work

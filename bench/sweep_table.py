@@ -6,7 +6,7 @@ declared metrics, so `dvc exp show` does not carry them). Prints a Markdown tabl
 accuracy first; the params column lists what the experiment changed against its baseline commit.
 
 Usage, after a queued sweep (see docs/accuracy.md):
-  python bench/sweep_table.py --model gru [--all-commits] [--name-prefix var-] [--out docs/variants_table.md]
+  python bench/sweep_table.py --model gru [--all-commits] [--name-prefix var-] [--out variants_table.md]
 """
 
 from __future__ import annotations

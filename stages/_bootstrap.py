@@ -10,8 +10,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-# Import names of requirements.txt's packages that the stages use.
-REQUIRED = ("torch", "torchvision", "numpy", "PIL", "yaml", "tqdm", "matplotlib", "psutil", "dvclive", "onnx",
+# Import names of requirements.txt's packages that the stages use (dvc: params.yaml is read with its YAML loader).
+REQUIRED = ("torch", "torchvision", "numpy", "PIL", "dvc", "tqdm", "matplotlib", "psutil", "dvclive", "onnx",
             "onnxruntime", "onnxscript")
 
 missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]

@@ -55,7 +55,7 @@ def train(args: argparse.Namespace) -> None:
 def start(args: argparse.Namespace, found: list[Snapshots]) -> None:
     """Validate the params block, then train here (one worker) or launch the workers (several)."""
     cfg = load_block(TrainConfig, f"train_{args.model}")
-    workers = resolve_workers(cfg.workers, resolve_device(cfg.device))
+    workers = resolve_workers(cfg.workers, resolve_device(cfg.device), cfg.batch_size, f"train_{args.model}")
     found.append(snapshots_of(args, cfg, load_seed(), workers))  # for the interrupt message
     if workers == 1:
         train(args)

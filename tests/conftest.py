@@ -7,12 +7,15 @@ import functools
 import gzip
 import hashlib
 import http.server
+import importlib.util
+import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -38,6 +41,53 @@ def idx_bytes(array: np.ndarray) -> bytes:
     """IDX ubyte encoding: magic 0x08 + ndim, big-endian dims, raw bytes."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(np.uint8).tobytes()
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG that declares its size and holds no pixels: a decompression bomb's header costs a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def foreign_onnx_model(path: Path, input_name: str = "pixels", input_type: int = 2, dims: tuple = ("batch", 28, 28),
+                       output_name: str = "probabilities", classes: int = 10, class_names: list | None = None,
+                       extra_input: bool = False) -> str:
+    """A tiny valid ONNX model that may break this project's contract: input (input_type 2 is uint8) -> Cast ->
+    Flatten -> MatMul -> Softmax -> output; written to `path`."""
+    from onnx import TensorProto, checker, helper
+
+    features = int(np.prod([d for d in dims[1:]]))
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [features, classes], np.zeros(features * classes).tolist())
+    nodes = [helper.make_node("Cast", [input_name], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Flatten", ["f"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], [output_name])]
+    inputs = [helper.make_tensor_value_info(input_name, input_type, list(dims))]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [1]))
+    graph = helper.make_graph(nodes, "foreign", inputs,
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", classes])],
+                              [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    if class_names is not None:
+        helper.set_model_props(model, {"class_names": json.dumps(class_names)})
+    checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return str(path)
+
+
+def pillow_pad_and_resize(gray: np.ndarray) -> np.ndarray:
+    """What fmnist-predict and the page compute, the slow way: pad to a centred square with 0, then Pillow's
+    LANCZOS resize to 28x28 (the square takes side**2 bytes: only for small test images)."""
+    from PIL import Image
+
+    height, width = gray.shape
+    side = max(height, width)
+    square = Image.new("L", (side, side), 0)
+    square.paste(Image.fromarray(gray), ((side - width) // 2, (side - height) // 2))
+    return np.asarray(square.resize((28, 28), Image.Resampling.LANCZOS))
 
 
 def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -84,6 +134,26 @@ def serve(folder: Path) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def web_serve_module():
+    """examples/web/serve.py, the server of `make web` (a script beside the page, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("web_serve", ROOT / "examples" / "web" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def serve_page(root: Path) -> Iterator[str]:
+    """`make web`'s server on `root` (laid out like the repository), on a free port; yields the base URL."""
+    server = web_serve_module().make_server(root, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:

@@ -3,7 +3,7 @@
 End to end on the synthetic pipeline: a tiny project is reproduced, pushed to a local folder remote and a local
 bare git repository, its models are released by GTO version tags (`gru-onnx@v1.0.0`), and an empty folder gets
 them with `dvc artifacts get` and `dvc.api`, then classifies with onnxruntime. The failures are DVC's own
-messages; docs/web_and_artifacts_readme_sections.md explains them.
+messages; docs/artifacts.md explains them.
 """
 
 from __future__ import annotations

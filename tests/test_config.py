@@ -110,3 +110,83 @@ def test_load_block_seed_and_export_from_file(tmp_path):
 def test_workers_accepts_auto_and_numbers():
     assert _train(workers="auto").workers == "auto"
     assert _train(workers=2).workers == 2
+
+
+# --- params.yaml is read as DVC reads it, and every number is finite ---------------------------------------
+
+def _params_text(tmp_path, replacements: dict[str, str]):
+    """The project's params.yaml with some lines rewritten as a user types them (YAML text, not PyYAML's dump)."""
+    text = (ROOT / "params.yaml").read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_numbers_read_as_dvc_reads_them(tmp_path):
+    """`3e-3`, `1e3` and `.5` are numbers in YAML 1.2 (DVC's reading, shown by `dvc params diff`); PyYAML's
+    YAML 1.1 reads the first two as strings."""
+    from dvc.utils.serialize import load_yaml
+
+    path = _params_text(tmp_path, {"  lr: 0.003\n": "  lr: 3e-3\n", "  warmup: 0.1  #": "  warmup: .5  #",
+                                   "  weight_decay: 0.01\n  schedule: onecycle\n  warmup: .5":
+                                   "  weight_decay: 1e3\n  schedule: onecycle\n  warmup: .5"})
+    cfg = load_block(TrainConfig, "train_gru", path)
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup) == (0.003, 1000.0, 0.5)
+    assert load_yaml(str(path))["train_gru"]["lr"] == cfg.lr  # what DVC itself reads from the same file
+
+
+def test_yaml_1_1_booleans_and_repeated_keys_are_errors(tmp_path):
+    path = _params_text(tmp_path, {"bidirectional: false": "bidirectional: no"})
+    with pytest.raises(ParamsError, match=r"train_gru.model.bidirectional = 'no' is not valid: expected true or false"):
+        load_block(TrainConfig, "train_gru", path)
+    path = _params_text(tmp_path, {"  lr: 0.003\n": "  lr: 0.003\n  lr: 0.004\n"})
+    with pytest.raises(ParamsError, match=r"params.yaml is not valid YAML: found duplicate key \"lr\".*line \d+"):
+        load_block(TrainConfig, "train_gru", path)
+
+
+LOADERS = {"download": lambda path: load_block(DownloadConfig, "download", path), "export": load_export,
+           "train_gru": lambda path: load_block(TrainConfig, "train_gru", path)}
+
+
+@pytest.mark.parametrize("block, line, typed, key", [
+    ("download", "timeout_s: 30", "timeout_s: .inf", "download.timeout_s"),
+    ("export", "bench_seconds: 4.0", "bench_seconds: .inf", "export.bench_seconds"),
+    ("export", "max_logit_diff: 0.0001", "max_logit_diff: .inf", "export.max_logit_diff"),
+    ("export", "max_logit_diff: 0.0001", "max_logit_diff: .nan", "export.max_logit_diff"),
+    ("train_gru", "  lr: 0.003", "  lr: -.inf", "train_gru.lr"),
+    ("train_gru", "  grad_clip: 1.0", "  grad_clip: .NaN", "train_gru.grad_clip"),
+    ("train_gru", "  lr: 0.003", "  lr: " + "9" * 400, "train_gru.lr"),  # an integer past float's range
+])
+def test_non_finite_numbers_are_rejected_by_name(tmp_path, block, line, typed, key):
+    with pytest.raises(ParamsError, match=rf"params.yaml: {key} = .* is not valid: expected a finite number"):
+        LOADERS[block](_params_text(tmp_path, {line: typed}))
+
+
+@pytest.mark.parametrize("block, line, typed, fragment", [
+    ("download", "timeout_s: 30", "timeout_s: 1e30", "download.timeout_s = 1e+30 is out of range: must be > 0 and <= 3600"),
+    ("download", "retries: 2", "retries: 1000000", "download.retries = 1000000 is out of range: must be >= 0 and <= 20"),
+    ("export", "bench_seconds: 4.0", "bench_seconds: 1e9", "export.bench_seconds = 1000000000.0 is out of range"),
+    ("train_gru", "hidden_size: 128\n    num_layers: 2", "hidden_size: 128000\n    num_layers: 2",
+     "train_gru.model.hidden_size = 128000 is out of range: must be >= 1 and <= 4096"),
+])
+def test_values_that_would_hang_or_exhaust_memory_are_out_of_range(tmp_path, block, line, typed, fragment):
+    with pytest.raises(ParamsError) as err:
+        LOADERS[block](_params_text(tmp_path, {line: typed}))
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64, -1, 1.5, "2026"])
+def test_seed_outside_what_torch_takes_is_a_params_error(tmp_path, seed):
+    path = _params_text(tmp_path, {"seed: 2026": f"seed: {seed!r}"})
+    with pytest.raises(ParamsError, match=r"seed = .* is not valid: expected an integer from 0 to 2\*\*63 - 1"):
+        load_seed(path)
+
+
+def test_largest_seed_is_accepted_by_torch(tmp_path):
+    import torch
+
+    seed = load_seed(_params_text(tmp_path, {"seed: 2026": f"seed: {2**63 - 1}"}))
+    torch.Generator().manual_seed(seed + 7)  # a worker's seed (seed + rank) too

@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from conftest import idx_bytes
+from conftest import idx_bytes, make_dataset, serve
 from fmnist_seq.atomic import atomic_dir, atomic_path
 from fmnist_seq.data import RAW_FILES
 from fmnist_seq.config import DownloadConfig, FileSpec
@@ -123,3 +123,82 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         (staging / "new").write_text("y")
     assert [p.name for p in target.iterdir()] == ["new"]
     assert len(list(tmp_path.iterdir())) == 1
+
+
+# --- hostile or broken sources: bounded memory, a clear reason, nothing left behind --------------------------
+
+def _bomb(path, inflated_mb: int) -> None:
+    """A .gz that starts like the labels file and inflates to `inflated_mb` MB of zeros from ~1 KB per MB:
+    gzip members of one compressed megabyte, repeated (gzip readers join members, as for the real files)."""
+    member = gzip.compress(b"\0" * (1 << 20), compresslevel=9)
+    with path.open("wb") as f:
+        f.write(gzip.compress(RAW[:8]))
+        for _ in range(inflated_mb):
+            f.write(member)
+
+
+def test_gzip_bomb_stops_at_the_files_size_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    name = RAW_FILES["train_labels"]
+    _bomb(folder / f"{name}.gz", inflated_mb=256)
+    assert (folder / f"{name}.gz").stat().st_size < 1 << 20
+    cfg = _cfg([str(folder)], {name: {"sha256": SPEC.sha256, "count": 10}})
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError, match=r"decompresses to more than 18 bytes, the size of train-labels-idx1"
+                                              r"-ubyte with 10 items.*gzip bomb"):
+            fetch_from_source(str(folder), name, cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB held while reading a bomb"
+
+
+def test_gzip_bomb_from_a_mirror_fails_cleanly_and_leaves_nothing(tmp_path, synthetic_dir):
+    good, files = synthetic_dir
+    name = RAW_FILES["test_labels"]
+    _bomb(good / f"{name}.gz", inflated_mb=64)
+    out = tmp_path / "raw"
+    with serve(good) as url, pytest.raises(DataError) as err:
+        fetch_all(_cfg([url], files), out)
+    assert f"{url}/{name}.gz: decompresses to more than {8 + files[name]['count']:,} bytes" in str(err.value)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")]
+
+
+def test_endless_compressed_stream_and_oversized_plain_file_are_refused(tmp_path):
+    folder = tmp_path / "endless"
+    folder.mkdir()
+    name = RAW_FILES["train_labels"]
+    empty_member = gzip.compress(b"")
+    (folder / f"{name}.gz").write_bytes(gzip.compress(RAW[:8]) + empty_member * 5000)  # inflates to nothing more
+    cfg = _cfg([str(folder)], {name: {"sha256": SPEC.sha256, "count": 10}})
+    with pytest.raises(SourceError, match=r"more than [\d,]+ compressed bytes"):
+        fetch_from_source(str(folder), name, cfg)
+    (folder / f"{name}.gz").unlink()
+    (folder / name).write_bytes(RAW + b"\0" * 10_000)
+    with pytest.raises(SourceError, match=r"larger than 7,856 bytes"):
+        fetch_from_source(str(folder), name, cfg)
+
+
+def test_bad_urls_and_unreadable_files_are_source_errors(tmp_path, http_mirror, monkeypatch):
+    url, _, files = http_mirror
+    name = RAW_FILES["test_labels"]
+    cfg = _cfg([url], files)
+    for source in ("http://[::1", "http://127.0.0.1:port/"):
+        with pytest.raises(SourceError, match="not a valid URL"):
+            fetch_from_source(source, name, cfg)
+    good = tmp_path / "good"
+    make_dataset(good)
+    real_open = type(good).open
+
+    def refuse(path, *args, **kwargs):  # as a file root may not read (root reads any mode bits)
+        if path.name == f"{name}.gz":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(good), "open", refuse)
+    with pytest.raises(SourceError, match=f"{good}: cannot read {name}: .*Permission denied"):
+        fetch_from_source(str(good), name, cfg)

@@ -3,11 +3,13 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
 
+from conftest import foreign_onnx_model, header_only_png
 from fmnist_seq.classes import CLASS_NAMES
 from fmnist_seq.predict import main as predict_main, to_pixels
 from fmnist_seq.runtime import CPU, CUDA, open_session, run
@@ -87,3 +89,103 @@ def test_predict_command_cuda_without_gpu(exported, tmp_path, capsys):
     assert "onnxruntime-gpu" in capsys.readouterr().err
     assert predict_main([str(out / "gru.onnx"), png, "--provider", "auto", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["error"] is None
+
+
+# --- odd and hostile input: each file its own answer, a model checked once, the JSON always complete --------
+
+def test_a_decompression_bomb_is_that_files_error_and_the_others_are_answered(exported, tmp_path, capsys):
+    out, _, pixels, _ = exported
+    first, last = _save(tmp_path / "first.png", pixels[0]), _save(tmp_path / "last.png", pixels[1])
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(header_only_png(15000, 15000))  # what Pillow refuses with DecompressionBombError
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes((tmp_path / "first.png").read_bytes()[:-30])
+    assert predict_main([str(out / "gru.onnx"), first, str(bomb), str(damaged), last, "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)  # a complete document
+    assert [r["file"] for r in result] == [first, str(bomb), str(damaged), last]
+    assert result[0]["error"] is None and result[3]["error"] is None
+    assert "over the limit of 89,478,485" in result[1]["error"] and "cannot read image" in result[2]["error"]
+    assert predict_main([str(out / "gru.onnx"), str(bomb), last]) == 1  # text mode: the same, on stderr
+    text = capsys.readouterr()
+    assert text.out.startswith(f"{last}: ") and "bomb.png: error: image refused:" in text.err
+
+
+def test_json_stays_complete_when_interrupted(exported, tmp_path, capsys, monkeypatch):
+    import fmnist_seq.predict as predict
+
+    out, _, pixels, _ = exported
+    files = [_save(tmp_path / f"{i}.png", pixels[i]) for i in range(3)]
+    real = predict.to_pixels
+
+    def interrupted(path, dark_on_light=False):
+        if path == files[1]:
+            raise KeyboardInterrupt
+        return real(path, dark_on_light)
+
+    monkeypatch.setattr(predict, "to_pixels", interrupted)
+    assert predict_main([str(out / "gru.onnx"), *files, "--json"]) == 130
+    captured = capsys.readouterr()
+    assert [r["file"] for r in json.loads(captured.out)] == files[:1] and "interrupted" in captured.err
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"input_name": "input", "input_type": onnx.TensorProto.FLOAT, "dims": (1, 3, 32, 32)},
+     "its input is 'input' tensor(float) [1, 3, 32, 32]; expected one input 'pixels' tensor(uint8) [batch, 28, 28]"),
+    ({"input_type": onnx.TensorProto.FLOAT}, "its input is 'pixels' tensor(float) [batch, 28, 28]"),
+    ({"dims": ("batch", 32, 32)}, "its input is 'pixels' tensor(uint8) [batch, 32, 32]"),
+    ({"output_name": "scores_out"}, "no 'probabilities' output (it has 'scores_out' tensor(float) [batch, 10])"),
+    ({"extra_input": True}, "it takes 2 inputs"),
+    ({"class_names": ["a", "b", "c"]}, 'its "class_names" metadata is not a list of 10 names'),
+])
+def test_a_model_of_another_contract_is_refused_in_one_line(tmp_path, capsys, changes, message):
+    model = foreign_onnx_model(tmp_path / "foreign.onnx", **changes)
+    image = _save(tmp_path / "x.png", np.zeros((28, 28), np.uint8))
+    assert predict_main([model, image]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_foreign_model_of_this_contract_works(tmp_path, capsys):
+    model = foreign_onnx_model(tmp_path / "uniform.onnx", class_names=[f"c{i}" for i in range(10)])
+    image = _save(tmp_path / "x.png", np.zeros((28, 28), np.uint8))
+    assert predict_main([model, image, "--json", "-k", "1"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["class"] == "c0" and top["index"] == 0 and top["probability"] == pytest.approx(0.1)
+    assert predict_main([str(tmp_path), image]) == 2
+    assert "a folder, not a model file" in capsys.readouterr().err
+
+
+def test_a_16_bit_copy_gets_the_answer_of_the_8_bit_original(exported, tmp_path, capsys):
+    out, _, pixels, _ = exported
+    item = np.asarray(Image.fromarray(pixels[5]).resize((84, 84)))
+    original = _save(tmp_path / "item8.png", item)
+    Image.fromarray(item.astype(np.uint16) * 257).save(tmp_path / "item16.png")
+    Image.fromarray(item.astype(np.float32) / 255, "F").save(tmp_path / "item32.tif")
+    assert predict_main([str(out / "gru.onnx"), original, str(tmp_path / "item16.png"), str(tmp_path / "item32.tif"),
+                         "--json", "-k", "10"]) == 0
+    eight, sixteen, float32 = json.loads(capsys.readouterr().out)
+    for deep in (sixteen, float32):
+        assert deep["top"][0]["class"] == eight["top"][0]["class"]
+        np.testing.assert_allclose([t["probability"] for t in deep["top"]],
+                                   [t["probability"] for t in eight["top"]], atol=1e-6)
+
+
+def test_help_states_the_limits(capsys):
+    with pytest.raises(SystemExit):
+        predict_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "89,478,485 pixels" in text and "131,072 pixels a side" in text and "16-bit and 32-bit" in text
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(exported, tmp_path):
+    import subprocess
+    import sys
+
+    out, _, pixels, _ = exported
+    files = [_save(tmp_path / f"{i}.png", pixels[i % len(pixels)]) for i in range(300)]
+    process = subprocess.Popen([sys.executable, "-m", "fmnist_seq.predict", str(out / "gru.onnx"), *files, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.read(10)
+    process.stdout.close()  # as `| head -c 10` does
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1 and b"Traceback" not in err, err.decode()[-2000:]

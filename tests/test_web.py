@@ -22,7 +22,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import ROOT, serve, synthetic_images
+from conftest import ROOT, pillow_pad_and_resize, serve_page, synthetic_images
+from fmnist_seq.images import resize_padded
 from fmnist_seq.predict import to_pixels
 from fmnist_seq.runtime import open_session, run
 from fmnist_seq.samples import build_samples, decode_sample
@@ -61,8 +62,11 @@ def _browser_missing() -> str | None:
         return "playwright is not installed (pip install -r requirements.txt)"
     if not CHROMIUM.is_file():
         return f"{CHROMIUM} not found (apt-get install chromium; `make setup` does it as root)"
+    if shutil.which("npm") is None:
+        return "needs Node.js and npm (apt-get install nodejs npm); `make test` then installs onnxruntime-web"
     if not (WEB / "node_modules" / "onnxruntime-web" / "dist").is_dir():
-        return "examples/web/node_modules is missing (`make web-example`: npm ci in examples/web)"
+        return ("examples/web/node_modules is missing: `make test` installs it (npm ci), so npm ci failed "
+                "(offline?); `make web-example` shows why")
     return None
 
 
@@ -91,7 +95,7 @@ def site(exported, tmp_path_factory):
 def page(site):
     from playwright.sync_api import sync_playwright
 
-    with serve(site) as url, sync_playwright() as playwright:
+    with serve_page(site) as url, sync_playwright() as playwright:  # `make web`'s own server
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         tab = browser.new_page()
         page_errors: list[str] = []
@@ -335,7 +339,7 @@ def test_bad_model_shows_error_and_previous_model_stays(page):
 
 # --- the shared modules, in Node.js (no browser needed) ---------------------------------------------
 
-node_only = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+node_only = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
 
 
 def node(script: str, stdin: str = "") -> subprocess.CompletedProcess:
@@ -396,6 +400,43 @@ def test_resize_and_grey_match_pillow():
     for side, mine, pillow in zip((len(c) for c in cases), got["resized"], expected["resized"]):
         assert mine == pillow, f"LANCZOS {side}x{side} -> 28x28 differs from Pillow"
     assert got["grey"] == expected["grey"]
+
+
+@node_only
+def test_padded_resize_and_limits_match_fmnist_predict():
+    """preprocess.mjs resizes any aspect ratio without building the padded square, as fmnist-predict does,
+    bit for bit with Pillow on that square; and refuses what fmnist-predict refuses, before any work."""
+    rng = np.random.default_rng(11)
+    shapes = [(1, 1), (2, 1), (1, 2), (28, 27), (27, 28), (7, 10), (40, 33), (200, 300), (600, 57), (300, 1),
+              (3, 500), (1, 29)]
+    cases = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+    inputs = [{"width": c.shape[1], "height": c.shape[0], "pixels": base64.b64encode(c.tobytes()).decode()}
+              for c in cases]
+    result = node("""
+        import { readFileSync } from "node:fs";
+        import { resizePadded, toPixels } from "./examples/web/preprocess.mjs";
+        const cases = JSON.parse(readFileSync(0, "utf8"));
+        const bytes = (b64) => Uint8Array.from(Buffer.from(b64, "base64"));
+        const refused = [];
+        for (const [w, h] of [[15000, 15000], [10000, 9000], [140000, 2]]) {
+          try { toPixels(new Uint8Array(0), w, h); refused.push("accepted"); } catch (err) { refused.push(err.message); }
+        }
+        const started = Date.now();
+        const strip = resizePadded(new Uint8Array(100000).fill(255), 1, 100000);
+        console.log(JSON.stringify({
+          resized: cases.map((c) => Array.from(resizePadded(bytes(c.pixels), c.width, c.height))),
+          refused, strip: Array.from(strip), stripMs: Date.now() - started,
+        }));
+    """, stdin=json.dumps(inputs))
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    for case, mine in zip(cases, got["resized"]):
+        assert mine == pillow_pad_and_resize(case).ravel().tolist(), f"{case.shape} differs from Pillow"
+    assert got["refused"] == ["15000x15000 is 225,000,000 pixels, over the limit of 89,478,485",
+                              "10000x9000 is 90,000,000 pixels, over the limit of 89,478,485",
+                              "140000x2: a side over 131,072 pixels"]
+    assert got["strip"] == resize_padded(np.full((100000, 1), 255, np.uint8)).ravel().tolist()
+    assert got["stripMs"] < 10_000
 
 
 @browser_only

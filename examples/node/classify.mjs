@@ -11,9 +11,19 @@ import * as ort from "onnxruntime-node";
 // onnxruntime-node exposes no custom metadata: the class names are read from the file's bytes.
 import { readMetadata } from "../common/onnx_metadata.mjs";
 
+// The largest IDX file this reads decompressed (Fashion-MNIST's training images are 47 MB): a gzip bomb stops here.
+const MAX_IDX_BYTES = 1 << 30;
+
 function readIdx(path) {
   let bytes = readFileSync(path);
-  if (bytes[0] === 0x1f && bytes[1] === 0x8b) bytes = gunzipSync(bytes);
+  if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
+    try {
+      bytes = gunzipSync(bytes, { maxOutputLength: MAX_IDX_BYTES });
+    } catch (err) {
+      throw new Error(`${path}: not a gzip file of an IDX file under ${MAX_IDX_BYTES} bytes (${err.message})`);
+    }
+  }
+  if (bytes.length < 8) throw new Error(`${path}: not an IDX ubyte file (${bytes.length} bytes)`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const magic = view.getUint32(0);
   if (magic >> 8 !== 0x08) throw new Error(`${path}: not an IDX ubyte file (magic 0x${magic.toString(16)})`);
@@ -36,6 +46,10 @@ async function main() {
   }
   const images = readIdx(imagesPath);
   const labels = readIdx(labelsPath);
+  if (images.shape.length !== 3 || images.shape[1] !== 28 || images.shape[2] !== 28) {
+    throw new Error(`${imagesPath}: images of shape [${images.shape}], expected [count, 28, 28]`);
+  }
+  if (labels.shape.length !== 1) throw new Error(`${labelsPath}: labels of shape [${labels.shape}], expected [count]`);
   const [count, rows, cols] = images.shape;
   const n = Math.min(count, labels.shape[0], limit);
 
@@ -43,6 +57,12 @@ async function main() {
   const metadata = readMetadata(modelBytes);
   const classNames = metadata.class_names ? JSON.parse(metadata.class_names) : null;
   const session = await ort.InferenceSession.create(modelBytes);
+  // The contract of the exported models, checked once before any image (onnxruntime's own error would come at
+  // the first batch, and not say what a classifier of this project takes).
+  if (session.inputNames.length !== 1 || session.inputNames[0] !== "pixels" || !session.outputNames.includes("logits")) {
+    throw new Error(`${modelPath}: not a classifier of this project: inputs [${session.inputNames}], outputs ` +
+                    `[${session.outputNames}]; expected one input "pixels" (uint8 [batch, 28, 28]) and an output "logits"`);
+  }
   const batch = 256;
   let correct = 0;
   const first = [];

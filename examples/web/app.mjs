@@ -2,7 +2,7 @@
 // and its top 3 classes. Every input goes through preprocess.mjs; each step's failure is shown in the page
 // and the next input is handled as usual.
 import { classify, loadModel } from "./classifier.mjs";
-import { SIZE, toPixels } from "./preprocess.mjs";
+import { SIZE, checkSize, toPixels } from "./preprocess.mjs";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -60,7 +60,7 @@ async function fetchBytes(url) {
     throw new Error(`${url}: cannot fetch (${err.message})`);
   }
   if (!response.ok) {
-    throw new Error(`${url}: HTTP ${response.status}; serve the repository root (\`make web\`) after ` +
+    throw new Error(`${url}: HTTP ${response.status}; serve the page with \`make web\` after ` +
                     "`dvc pull` or `dvc repro`, which write models/onnx/");
   }
   return new Uint8Array(await response.arrayBuffer());
@@ -127,6 +127,11 @@ async function pixelsOf(input) {
     const darkOnLight = ui.darkOnLight.checked;
     const bitmap = await decode(input.file);
     try {
+      try {
+        checkSize(bitmap.width, bitmap.height); // before the canvas copies it: as fmnist-predict refuses it
+      } catch (err) {
+        throw new Error(`${input.file.name}: image refused: ${err.message}`);
+      }
       const rgba = flattened(bitmap, bitmap.width, bitmap.height, darkOnLight ? "#fff" : "#000");
       return { pixels: toPixels(rgba, bitmap.width, bitmap.height, { darkOnLight }),
                source: `${input.file.name} (${bitmap.width}×${bitmap.height}` +

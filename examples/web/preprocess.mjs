@@ -5,12 +5,28 @@
 //   transparency flattened onto black (white with dark-on-light)  -> done by the caller's canvas, see app.mjs
 //   greyscale with Pillow's "L" weights (299/587/114 per mille, fixed point)           -> grey()
 //   optional invert for a dark item on a light background                             -> invert()
-//   padded to a centred square with 0                                                  -> padToSquare()
-//   resized to 28x28 with Pillow's LANCZOS (no resampling when it is 28x28 already)    -> resizeLanczos()
+//   padded to a centred square with 0, resized to 28x28 with Pillow's LANCZOS         -> resizePadded()
+//     (no resampling when the square is 28x28 already), computed without building the square, so a
+//     1x100000 strip costs its own pixels, not 10 GB; within the same limits as fmnist-predict  -> checkSize()
 // Decoding and EXIF orientation are the browser's (createImageBitmap in app.mjs). Nothing here touches the
 // DOM, so Node.js can import it too.
 
 export const SIZE = 28;
+// src/fmnist_seq/images.py: MAX_PIXELS (Pillow's decompression-bomb limit) and MAX_SIDE.
+export const MAX_PIXELS = 89_478_485;
+export const MAX_SIDE = 131_072;
+
+/** Throws when fmnist-predict would refuse an image of this size, before any memory is spent on it. */
+export function checkSize(width, height) {
+  if (width < 1 || height < 1) throw new Error("the image is empty");
+  if (width * height > MAX_PIXELS) {
+    throw new Error(`${width}x${height} is ${(width * height).toLocaleString("en-US")} pixels, over the limit ` +
+                    `of ${MAX_PIXELS.toLocaleString("en-US")}`);
+  }
+  if (Math.max(width, height) > MAX_SIDE) {
+    throw new Error(`${width}x${height}: a side over ${MAX_SIDE.toLocaleString("en-US")} pixels`);
+  }
+}
 
 /**
  * Greyscale as Pillow's convert("L"): L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, i.e. 299/587/114
@@ -33,7 +49,7 @@ export function invert(pixels) {
 
 /**
  * Pad to a square of side max(width, height) with 0, the image centred as Pillow's paste at
- * ((side - width) // 2, (side - height) // 2).
+ * ((side - width) // 2, (side - height) // 2). Only for a square of the output's size (no resampling).
  * @returns {{pixels: Uint8Array, side: number}}
  */
 export function padToSquare(pixels, width, height) {
@@ -97,19 +113,38 @@ function clip8(sum) {
   return Math.floor(sum / 2 ** PRECISION_BITS);
 }
 
-/** One pass along rows (stride 1) or columns (stride = width) of a width x height image. */
-function resamplePass(src, width, height, outWidth, outHeight, horizontal) {
-  const out = new Uint8Array(outWidth * outHeight);
-  const windows = coefficients(horizontal ? width : height, horizontal ? outWidth : outHeight);
-  for (let y = 0; y < outHeight; y++) {
-    for (let x = 0; x < outWidth; x++) {
-      const { xmin, fixed } = windows[horizontal ? x : y];
+/**
+ * What Pillow's resize to size x size gives for `pixels` (width x height) padded with 0 to a centred square
+ * of side max(width, height), without building the square: the padding is zeros, so its share of every sum
+ * is zero and only the image's own pixels are visited. A horizontal pass over the image's rows (the padding
+ * rows come out of it as 0), then a vertical pass, each rounded and clipped as Pillow does.
+ */
+export function resizePadded(pixels, width, height, size = SIZE) {
+  const side = Math.max(width, height);
+  if (side === size) return Uint8Array.from(padToSquare(pixels, width, height).pixels);
+  const left = Math.floor((side - width) / 2);
+  const top = Math.floor((side - height) / 2);
+  const windows = coefficients(side, size);
+  const wide = new Uint8Array(height * size);
+  for (let x = 0; x < size; x++) {
+    const { xmin, fixed } = windows[x];
+    const lo = Math.max(xmin, left);
+    const hi = Math.min(xmin + fixed.length, left + width);
+    for (let y = 0; y < height; y++) {
       let sum = 2 ** (PRECISION_BITS - 1);
-      for (let k = 0; k < fixed.length; k++) {
-        const value = horizontal ? src[y * width + xmin + k] : src[(xmin + k) * width + x];
-        sum += value * fixed[k];
-      }
-      out[y * outWidth + x] = clip8(sum);
+      for (let c = lo; c < hi; c++) sum += pixels[y * width + c - left] * fixed[c - xmin];
+      wide[y * size + x] = clip8(sum);
+    }
+  }
+  const out = new Uint8Array(size * size);
+  for (let yy = 0; yy < size; yy++) {
+    const { xmin: ymin, fixed } = windows[yy];
+    const lo = Math.max(ymin, top);
+    const hi = Math.min(ymin + fixed.length, top + height);
+    for (let x = 0; x < size; x++) {
+      let sum = 2 ** (PRECISION_BITS - 1);
+      for (let r = lo; r < hi; r++) sum += wide[(r - top) * size + x] * fixed[r - ymin];
+      out[yy * size + x] = clip8(sum);
     }
   }
   return out;
@@ -120,9 +155,7 @@ function resamplePass(src, width, height, outWidth, outHeight, horizontal) {
  * it already has that size (Pillow returns a copy), else a horizontal then a vertical pass.
  */
 export function resizeLanczos(pixels, side, size = SIZE) {
-  if (side === size) return Uint8Array.from(pixels);
-  const wide = resamplePass(pixels, side, side, size, side, true);
-  return resamplePass(wide, size, side, size, size, false);
+  return resizePadded(pixels, side, side, size);
 }
 
 /**
@@ -131,9 +164,8 @@ export function resizeLanczos(pixels, side, size = SIZE) {
  * @param {{darkOnLight?: boolean}} options darkOnLight: invert a dark item on a light background
  */
 export function toPixels(rgba, width, height, { darkOnLight = false } = {}) {
-  if (width < 1 || height < 1) throw new Error("the image is empty");
+  checkSize(width, height);
   let pixels = grey(rgba);
   if (darkOnLight) pixels = invert(pixels);
-  const square = padToSquare(pixels, width, height);
-  return resizeLanczos(square.pixels, square.side);
+  return resizePadded(pixels, width, height);
 }

@@ -2,7 +2,7 @@
 
     python examples/web/screenshot.py --out docs/web_page.png [--model rnn] [--sample 7] [--image shoe.jpg]
 
-Serves the repository root on 127.0.0.1 (a free port) the way `make web` does, opens /examples/web/, picks the
+Serves the page on 127.0.0.1 (a free port) with `make web`'s server (serve.py), opens /examples/web/, picks the
 model, classifies one of the test images from models/onnx/samples.json (or --image), and saves the page.
 Needs what the page needs (models/onnx/ from `dvc pull` or `dvc repro`, `make web-example`), Playwright for
 Python and Debian's chromium (`make setup`).
@@ -11,27 +11,22 @@ Python and Debian's chromium (`make setup`).
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import sys
 import threading
 from pathlib import Path
+
+from serve import make_server  # beside this script
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 def screenshot(out: Path, root: Path, model: str, sample: int, image: Path | None, chromium: str) -> str:
     """Save the page to `out`; returns the text of its result. Raises RuntimeError with the page's error."""
     from playwright.sync_api import sync_playwright
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    server = make_server(root, quiet=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with sync_playwright() as playwright:

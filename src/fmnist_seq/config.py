@@ -7,6 +7,7 @@ stage before any work with a message naming the key, the bad value and what is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -14,20 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
-import yaml
-
 from fmnist_seq.errors import ParamsError
 
 MODEL_NAMES: tuple[str, ...] = ("rnn", "gru")
 PARAMS_FILE = "params.yaml"
+# torch seeds are 64-bit; a worker seeds its dropout with seed + rank, so the seed stays within int64.
+MAX_SEED = 2**63 - 1
 
 T = TypeVar("T")
 
 
 def _spec(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-          lt: float | None = None, nonempty: bool = False, pattern: str | None = None) -> Any:
+          lt: float | None = None, le: float | None = None, nonempty: bool = False, pattern: str | None = None) -> Any:
     """A dataclass field whose metadata carries the range check applied when params are loaded."""
-    meta = {"ge": ge, "gt": gt, "lt": lt, "nonempty": nonempty, "pattern": pattern}
+    meta = {"ge": ge, "gt": gt, "lt": lt, "le": le, "nonempty": nonempty, "pattern": pattern}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,15 +39,17 @@ class FileSpec:
     """What one raw IDX file must be once decompressed."""
 
     sha256: str = _spec(pattern=r"[0-9a-f]{64}")
-    count: int = _spec(ge=1)
+    count: int = _spec(ge=1, le=1_000_000)  # bounds the download's memory: Fashion-MNIST has 60,000 and 10,000
 
 
 @dataclass(frozen=True)
 class DownloadConfig:
     sources: list[str] = _spec(nonempty=True)
     files: dict[str, FileSpec] = _spec(nonempty=True)
-    timeout_s: float = _spec(30.0, gt=0)
-    retries: int = _spec(2, ge=0)
+    # Upper bounds: past an hour a read is not waiting but hung (and a huge timeout overflows the socket's
+    # clock); retries of a dead mirror with backoff would hang the stage just the same.
+    timeout_s: float = _spec(30.0, gt=0, le=3600)
+    retries: int = _spec(2, ge=0, le=20)
 
 
 @dataclass(frozen=True)
@@ -59,14 +62,16 @@ class ModelConfig:
     """Architecture of one sequence classifier (each image row is one time step)."""
 
     cell: Literal["rnn", "gru", "lstm"]
-    hidden_size: int = _spec(128, ge=1)
-    num_layers: int = _spec(1, ge=1)
+    # Upper bounds far past anything that trains here: a stray zero or two stops with a message, not a
+    # multi-gigabyte allocation.
+    hidden_size: int = _spec(128, ge=1, le=4096)
+    num_layers: int = _spec(1, ge=1, le=16)
     bidirectional: bool = False
     # all_steps: flatten every step's output -> Linear -> Dropout -> ReLU -> Linear (the report's RNN).
     # last_step: the final hidden state -> Dropout -> Linear (the report's GRU).
     # mean_steps, max_steps: every step's output averaged or max-pooled over the 28 rows -> Dropout -> Linear.
     head: Literal["all_steps", "last_step", "mean_steps", "max_steps"] = "last_step"
-    head_hidden: int = _spec(512, ge=1)
+    head_hidden: int = _spec(512, ge=1, le=16384)
     dropout: float = _spec(0.0, ge=0, lt=1)
     layer_dropout: float = _spec(0.0, ge=0, lt=1)
 
@@ -85,7 +90,8 @@ class TrainConfig:
     grad_clip: float = _spec(0.0, ge=0)  # 0 turns clipping off
     label_smoothing: float = _spec(0.0, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Data-parallel training processes: auto = one per physical core on the CPU, one per GPU on CUDA.
+    # Data-parallel training processes: auto = one per physical core (within the CPU quota) on the CPU, one per
+    # GPU on CUDA, never more than batch_size.
     # batch_size stays the global batch, split across workers, so lr keeps its meaning at any count.
     workers: Union[int, Literal["auto"]] = _spec("auto", ge=1)
     # With several workers: how often the launcher restarts them all after one dies (killed, out of memory);
@@ -93,15 +99,25 @@ class TrainConfig:
     max_restarts: int = _spec(2, ge=0)
 
     def check(self, where: str) -> None:
-        if isinstance(self.workers, int) and self.workers > self.batch_size:
-            raise ParamsError(f"params.yaml: {where}.workers = {self.workers} is out of range: must be <= "
-                              f"{where}.batch_size ({self.batch_size}), so that every worker gets images each step")
+        if isinstance(self.workers, int):
+            check_workers(self.workers, self.batch_size, where)
+
+
+def check_workers(workers: int, batch_size: int, where: str, resolved_from: str | None = None) -> None:
+    """Each worker trains on its share of every global batch: more workers than images leaves one with none
+    (an empty shard: a NaN loss). Applied to an explicit count and to the one that `auto` resolves to."""
+    value = f"{workers} (resolved from {resolved_from})" if resolved_from else str(workers)
+    if workers < 1:
+        raise ParamsError(f"params.yaml: {where}.workers = {value} is out of range: must be >= 1")
+    if workers > batch_size:
+        raise ParamsError(f"params.yaml: {where}.workers = {value} is out of range: must be <= "
+                          f"{where}.batch_size ({batch_size}), so that every worker gets images each step")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = _spec(1000, ge=1)
-    misclassified_shown: int = _spec(24, ge=1)
+    misclassified_shown: int = _spec(24, ge=1, le=512)  # a grid figure: more would be a poster-sized PNG
 
 
 @dataclass(frozen=True)
@@ -112,7 +128,7 @@ class ExportConfig:
     max_logit_diff: float = _spec(1e-4, gt=0)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     bench_batch_size: int = _spec(256, ge=1)
-    bench_seconds: float = _spec(3.0, gt=0)
+    bench_seconds: float = _spec(3.0, gt=0, le=3600)
     # Models that also get an int8 variant: quantize_dynamic shrinks MatMul/Gemm weights but leaves RNN/GRU
     # nodes alone, so it helps the RNN's large Linear and does nothing for the GRU.
     quantize: list[Literal["rnn", "gru"]] = _spec([])
@@ -175,7 +191,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float's range (1e309 written out)
+            number = math.inf
+        # .inf and .nan pass every range check (nan compares false both ways): refuse them by name.
+        if not math.isfinite(number):
+            raise ParamsError(f"params.yaml: {where} = {value!r} is not valid: expected a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -193,11 +216,12 @@ def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
 
 
 def _check_bounds(value: float, meta: Mapping[str, Any], where: str) -> None:
-    bounds = [f"{op} {meta[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("lt", "<"))
+    bounds = [f"{op} {meta[key]}" for key, op in (("ge", ">="), ("gt", ">"), ("lt", "<"), ("le", "<="))
               if meta.get(key) is not None]
     in_range = ((meta.get("ge") is None or value >= meta["ge"])
                 and (meta.get("gt") is None or value > meta["gt"])
-                and (meta.get("lt") is None or value < meta["lt"]))
+                and (meta.get("lt") is None or value < meta["lt"])
+                and (meta.get("le") is None or value <= meta["le"]))
     if not in_range:
         raise ParamsError(f"params.yaml: {where} = {value!r} is out of range: must be "
                           + " and ".join(bounds))
@@ -230,14 +254,37 @@ def build(cls: type[T], data: Any, where: str) -> T:
     return built
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML as DVC reads params (YAML 1.2, its own loader): `3e-3` is a number, `yes` a string, a repeated key
+    an error. What `dvc params diff` and `dvc exp show` display is then exactly what the stages get."""
+    try:
+        from ruamel.yaml import YAML, YAMLError
+    except ImportError:
+        raise ParamsError(f"reading {source} needs DVC's YAML library: pip install dvc (requirements.txt)") from None
+    try:
+        # DVC's own call (its params loader adds only `or {}`, which would turn a value 0 or false into {})
+        from dvc.utils.serialize import loads_yaml
+    except ImportError:  # a host with PyTorch but without DVC (bench/device_timings.py): the same call
+        def loads_yaml(s: str, typ: str = "safe") -> Any:
+            return YAML(typ=typ).load(s)
+    try:
+        return loads_yaml(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        detail = (f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"  # type: ignore[attr-defined]
+                  if mark is not None and getattr(exc, "problem", None) else str(exc))
+        raise ParamsError(f"{source} is not valid YAML: {detail}") from None
+
+
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run the stage from the project root") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamsError(f"{path} cannot be read: {exc}") from None
+    params = parse_yaml(text, str(path))
     if not isinstance(params, dict):
         raise ParamsError(f"{path} must hold a mapping of stage blocks")
     return params
@@ -254,8 +301,9 @@ def load_block(cls: type[T], block: str, path: str | Path = PARAMS_FILE) -> T:
 def load_seed(path: str | Path = PARAMS_FILE) -> int:
     """The project's one seed: the split and both trainings derive their randomness from it."""
     seed = read_params(path).get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParamsError(f"params.yaml: seed = {seed!r} is not valid: expected an integer >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ParamsError(f"params.yaml: seed = {seed!r} is not valid: expected an integer from 0 to 2**63 - 1 "
+                          f"({MAX_SEED})")
     return seed
 
 

@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from fmnist_seq.config import check_workers
 from fmnist_seq.errors import Interrupted, TrainingError
 from fmnist_seq.machine import physical_cores, usable_cpus
 
@@ -62,13 +63,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_workers(setting: int | str, device: torch.device) -> int:
-    """`workers: auto` is one per physical core on the CPU and one per GPU on CUDA."""
-    if setting != "auto":
-        return int(setting)
-    if device.type == "cuda":
-        return max(1, torch.cuda.device_count())
-    return physical_cores()
+def resolve_workers(setting: int | str, device: torch.device, batch_size: int, where: str = "train") -> int:
+    """`workers: auto` is one per physical core within the CPU quota on the CPU, one per GPU on CUDA, and never
+    more than a global batch has images; the count is then checked as an explicit one is."""
+    if setting == "auto":
+        available = max(1, torch.cuda.device_count()) if device.type == "cuda" else physical_cores()
+        workers = min(available, batch_size)
+    else:
+        workers = int(setting)
+    check_workers(workers, batch_size, where, resolved_from="auto" if setting == "auto" else None)
+    return workers
 
 
 def launched_by_torchrun() -> bool:

@@ -1,44 +1,40 @@
 """fmnist-predict: classify image files with an exported ONNX model (needs no PyTorch, no repository).
 
-Each image, of any size or colour mode, becomes 28x28 grayscale with the item light on a dark
-background, as in Fashion-MNIST: pass --dark-on-light for ordinary photos (dark item, light background).
-Each file is classified on its own (one image per call) and printed as soon as it is done, so an answer
-never depends on the other files given (an int8 model scales its activations over the whole call) and
-thousands of files take little memory.
+Each image becomes 28x28 grayscale with the item light on a dark background, as in Fashion-MNIST: pass
+--dark-on-light for ordinary photos (dark item, light background). Each file is classified on its own (one
+image per call) and printed as soon as it is done, so an answer never depends on the other files given (an
+int8 model scales its activations over the whole call) and thousands of files take little memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from fmnist_seq.classes import IMAGE_SIZE, NUM_CLASSES
 from fmnist_seq.errors import InferenceError
-from fmnist_seq.runtime import metadata, open_session, run, select_providers
+from fmnist_seq.images import MAX_PIXELS, MAX_SIDE, ImageRefused, to_pixels
+from fmnist_seq.runtime import check_classifier, class_names, open_session, probabilities_of, select_providers
 
+__all__ = ["Prediction", "main", "predict_files", "to_pixels"]
 
-def to_pixels(path: str | Path, dark_on_light: bool = False) -> np.ndarray:
-    """A file -> uint8 (28, 28): grayscale, aspect kept by padding to a square with the background."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "P"):
-            # Transparent areas are background: flatten onto white for photos, black otherwise.
-            canvas = Image.new("RGBA", image.size, (255, 255, 255, 255) if dark_on_light else (0, 0, 0, 255))
-            image = Image.alpha_composite(canvas, image.convert("RGBA"))
-        gray = image.convert("L")
-    if dark_on_light:
-        gray = ImageOps.invert(gray)
-    side = max(gray.size)
-    square = Image.new("L", (side, side), 0)
-    square.paste(gray, ((side - gray.width) // 2, (side - gray.height) // 2))
-    return np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS), dtype=np.uint8)
+LIMITS = f"""\
+images:
+  PNG, JPEG, TIFF, WebP, GIF, BMP, ... (what Pillow reads), of any colour mode and size up to
+  {MAX_PIXELS:,} pixels (Pillow's decompression-bomb limit) and {MAX_SIDE:,} pixels a side. Any aspect
+  ratio: the image is padded to a square, but memory grows with the image, not the square. 16-bit and 32-bit
+  images are scaled to 8 bits by their bit depth (floating-point ones by the smallest of 1, 255 or 65535 that
+  holds their values). A file that cannot be read or is past a limit gets its own error; the others are still
+  answered, and --json always prints a complete document.
+
+exit status: 0 every file answered, 1 some file failed, 2 the model cannot be used."""
 
 
 @dataclass
@@ -48,32 +44,75 @@ class Prediction:
     error: str | None = None
 
 
+def _read_error(exc: Exception) -> str:
+    """One file's failure to become pixels, in words."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder, not an image file"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file Pillow can read (PNG, JPEG, ...)"
+    if isinstance(exc, ImageRefused):
+        return f"image refused: {exc}"
+    if isinstance(exc, (OSError, ValueError, EOFError)):
+        return f"cannot read image: {exc}"
+    # Pillow's decoders raise more than OSError on a damaged file (SyntaxError, struct.error, MemoryError,
+    # DecompressionBombError, ...): whatever one file does, it is that file's error and the others go on.
+    return f"cannot read image ({type(exc).__name__}: {exc})"
+
+
 def predict_files(session, files: Iterable[str], top_k: int, dark_on_light: bool) -> Iterator[Prediction]:
     """One Prediction per file, in order, each from a call with that image alone."""
-    class_names = metadata(session).get("class_names") or [str(i) for i in range(NUM_CLASSES)]
+    names = class_names(session)
     for file in files:
         prediction = Prediction(file=file)
         try:
             pixels = to_pixels(file, dark_on_light)
-        except FileNotFoundError:
-            prediction.error = "file not found"
-        except UnidentifiedImageError:
-            prediction.error = "not an image file Pillow can read (PNG, JPEG, ...)"
-        except (OSError, ValueError) as exc:
-            prediction.error = f"cannot read image: {exc}"
+        except Exception as exc:
+            prediction.error = _read_error(exc)
+            yield prediction
+            continue
+        try:
+            probabilities = probabilities_of(session, pixels[np.newaxis])[0]
+        except Exception as exc:  # onnxruntime's own error types; the model passed check_classifier
+            prediction.error = f"the model failed on this image ({type(exc).__name__}: {exc})"
         else:
-            _, probabilities = run(session, pixels[np.newaxis])
-            order = np.argsort(-probabilities[0])[:top_k]
-            prediction.top = [{"class": class_names[i], "index": int(i), "probability": float(probabilities[0][i])}
-                              for i in order]
+            order = np.argsort(-probabilities)[:top_k]
+            prediction.top = [{"class": names[i] if i < len(names) else str(i), "index": int(i),
+                               "probability": float(probabilities[i])} for i in order]
         yield prediction
 
 
+def _predict(args: argparse.Namespace) -> int:
+    try:
+        session = open_session(args.model, select_providers(args.provider), require=args.provider == "cuda")
+        check_classifier(session, args.model)
+    except InferenceError as exc:
+        print(f"fmnist-predict: error: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    if args.json:  # one JSON document with every file, errors included, written one entry at a time
+        print("[")
+    try:
+        for i, r in enumerate(predict_files(session, args.images, args.top_k, args.dark_on_light)):
+            failed |= r.error is not None
+            if args.json:
+                print(("," if i else "") + json.dumps(vars(r)), flush=True)
+            elif r.error:  # predictions on stdout, each failed file once on stderr
+                print(f"fmnist-predict: {r.file}: error: {r.error}", file=sys.stderr)
+            else:
+                print(f"{r.file}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r.top), flush=True)
+    finally:  # the document stays complete, even when interrupted
+        if args.json:
+            print("]", flush=True)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__,
+    parser = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__, epilog=LIMITS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="an exported .onnx file, e.g. models/onnx/gru.onnx")
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...), any size or colour mode")
+    parser.add_argument("images", nargs="+", help="image files (see `images` below for formats and limits)")
     parser.add_argument("-k", "--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--dark-on-light", action="store_true",
@@ -85,24 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.top_k < 1:
         parser.error("--top-k must be at least 1")
     try:
-        session = open_session(args.model, select_providers(args.provider), require=args.provider == "cuda")
-    except InferenceError as exc:
-        print(f"fmnist-predict: error: {exc}", file=sys.stderr)
-        return 2
-    failed = False
-    if args.json:  # one JSON document with every file, errors included, written one entry at a time
-        print("[")
-    for i, r in enumerate(predict_files(session, args.images, min(args.top_k, NUM_CLASSES), args.dark_on_light)):
-        failed |= r.error is not None
-        if args.json:
-            print(("," if i else "") + json.dumps(vars(r)), flush=True)
-        elif r.error:  # predictions on stdout, each failed file once on stderr
-            print(f"fmnist-predict: {r.file}: error: {r.error}", file=sys.stderr)
-        else:
-            print(f"{r.file}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r.top), flush=True)
-    if args.json:
-        print("]")
-    return 1 if failed else 0
+        return _predict(args)
+    except KeyboardInterrupt:
+        print("fmnist-predict: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader stopped reading (`| head`): nothing more to say, and no traceback
+        try:  # Python would report the pipe again when it flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from fmnist_seq.classes import IMAGE_SIZE, NUM_CLASSES
 from fmnist_seq.errors import InferenceError
 
 INPUT_NAME = "pixels"
 OUTPUT_NAMES = ("logits", "probabilities")
+PROBABILITIES = OUTPUT_NAMES[1]
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 # onnxruntime-gpu trails the CPU build by a release; 1.31.1 is built for CUDA 13 and cuDNN 9, the same majors
@@ -65,6 +67,8 @@ def open_session(model: str | Path | bytes, providers: list[str], *, require: bo
     """
     if isinstance(model, (str, Path)):
         path = Path(model)
+        if path.is_dir():
+            raise InferenceError(f"{path}: a folder, not a model file")
         if not path.is_file():
             raise InferenceError(f"{path}: model file not found")
         model = str(path)
@@ -105,6 +109,61 @@ def metadata(session: ort.InferenceSession) -> dict[str, Any]:
         except ValueError:
             decoded[key] = value
     return decoded
+
+
+def _describe(node: Any) -> str:
+    dims = ", ".join(str(d) if d is not None else "?" for d in node.shape)
+    return f"{node.name!r} {node.type} [{dims}]"
+
+
+def _dim_is(dim: Any, size: int) -> bool:
+    """A fixed dimension must be `size`; a named (symbolic) or unknown one can take it."""
+    return not isinstance(dim, int) or dim == size
+
+
+def check_classifier(session: ort.InferenceSession, name: str) -> None:
+    """Refuse, once and before any image, a model that is not an image classifier of this project's contract:
+    one input `pixels` uint8 [batch, 28, 28], an output `probabilities` float32 [batch, classes], and class
+    names in the metadata (when given) for each class. The message names what does not match."""
+    expected = f"one input {INPUT_NAME!r} tensor(uint8) [batch, {IMAGE_SIZE}, {IMAGE_SIZE}]"
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise InferenceError(f"{name}: not a classifier of this project: it takes {len(inputs)} inputs "
+                             f"({', '.join(_describe(i) for i in inputs)}); expected {expected}")
+    (pixels,) = inputs
+    if (pixels.name != INPUT_NAME or pixels.type != "tensor(uint8)" or len(pixels.shape) != 3
+            or not all(_dim_is(d, IMAGE_SIZE) for d in pixels.shape[1:])):
+        raise InferenceError(f"{name}: not a classifier of this project: its input is {_describe(pixels)}; "
+                             f"expected {expected}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    probabilities = outputs.get(PROBABILITIES)
+    if probabilities is None:
+        raise InferenceError(f"{name}: not a classifier of this project: no {PROBABILITIES!r} output (it has "
+                             f"{', '.join(_describe(o) for o in outputs.values())})")
+    if probabilities.type != "tensor(float)" or len(probabilities.shape) != 2:
+        raise InferenceError(f"{name}: not a classifier of this project: its output is {_describe(probabilities)}; "
+                             f"expected {PROBABILITIES!r} tensor(float) [batch, classes]")
+    classes = probabilities.shape[1]
+    class_names = metadata(session).get("class_names")
+    if class_names is not None and (not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names)
+                                    or not _dim_is(classes, len(class_names))):
+        raise InferenceError(f"{name}: its \"class_names\" metadata is not a list of {classes} names "
+                             f"(one per output column)")
+
+
+def class_names(session: ort.InferenceSession) -> list[str]:
+    """The model's class names, or their indices for a model without them (after check_classifier)."""
+    names = metadata(session).get("class_names")
+    if names is None:
+        classes = session.get_outputs()[[o.name for o in session.get_outputs()].index(PROBABILITIES)].shape[1]
+        names = [str(i) for i in range(classes if isinstance(classes, int) else NUM_CLASSES)]
+    return names
+
+
+def probabilities_of(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
+    """Class probabilities for uint8 pixels (batch, 28, 28): the one output a classifier must have."""
+    (probabilities,) = session.run([PROBABILITIES], {INPUT_NAME: np.ascontiguousarray(pixels, np.uint8)})
+    return probabilities
 
 
 def run(session: ort.InferenceSession, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
