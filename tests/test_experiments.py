@@ -98,3 +98,51 @@ def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
     for name in ("good-dropout", "good-lr"):
         log = dvc("queue", "logs", name, cwd=project).stdout
         assert "2 worker(s)" in log, log[-2000:]
+
+
+def test_a_killed_queued_experiment_resumes_when_run_again(reproduced):
+    """Queued experiments train in a temporary copy under .dvc/tmp/exps/ that is deleted afterwards; their
+    snapshots go to the repository's own folder, so the same experiment run again resumes."""
+    import os
+    import subprocess
+
+    import psutil
+    import torch
+
+    from conftest import VENV_BIN
+    from fmnist_seq.snapshot import DEFAULT_FOLDER
+
+    project, _ = reproduced
+    values = ["-S", "train_gru.epochs=80", "-S", "train_gru.patience=0", "-S", "train_gru.workers=1",
+              "-S", "train_gru.batch_size=16"]
+    dvc("exp", "run", "--queue", "-n", "long-gru", *values, cwd=project)
+    # Not through run(): the detached queue worker keeps captured pipes open until the whole queue is done.
+    env = {**os.environ, "PATH": str(VENV_BIN) + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(VENV_BIN / "dvc"), "queue", "start"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=120)
+    folder, saved, deadline = project / DEFAULT_FOLDER, 0, time.monotonic() + 300
+    while saved < 3 and time.monotonic() < deadline:  # the queued copy writes into the repository's folder
+        time.sleep(0.2)
+        for snapshot in folder.glob("train_gru-*.pt") if folder.exists() else []:
+            try:
+                saved = torch.load(snapshot, weights_only=True, mmap=True)["state"]["epoch"]
+            except Exception:
+                pass  # being replaced right now
+    assert saved >= 3, "the queued experiment's training never saved three epochs"
+    stages = [p for p in psutil.process_iter(["cmdline"])
+              if "stages/train.py" in " ".join(p.info["cmdline"] or []) and "--model gru" in " ".join(p.info["cmdline"])]
+    assert stages and all("/.dvc/tmp/exps/" in p.cwd() for p in stages)
+    for stage in stages:
+        stage.kill()
+    def failed() -> bool:
+        return any("long-gru" in line and "Failed" in line for line in dvc("queue", "status", cwd=project).stdout.splitlines())
+    while not failed() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert failed()
+    try:
+        again = dvc("exp", "run", *values, cwd=project)  # the same experiment, now in the workspace
+        assert "train_gru: resuming at epoch " in again.stdout, again.stdout
+        assert not folder.exists()  # finished: nothing left to resume
+    finally:
+        run(["git", "checkout", "--", "."], cwd=project)
+        dvc("checkout", "-f", cwd=project)
