@@ -9,7 +9,7 @@ import _bootstrap  # noqa: F401  (first: this checkout's code, and a clear error
 import torch
 
 from fmnist_seq.checkpoint import save_checkpoint
-from fmnist_seq.config import MODEL_NAMES, TrainConfig, as_dict, load_block, load_seed
+from fmnist_seq.config import MODEL_NAMES, TrainConfig, as_dict, load_block, training_seed
 from fmnist_seq.data import STATS_FILE, load_normalization, load_split
 from fmnist_seq.distributed import (die_with_launcher, join, launch, launched_by_torchrun, resolve_device,
                                     resolve_workers, worker_rank)
@@ -29,7 +29,7 @@ def snapshots_of(args: argparse.Namespace, cfg: TrainConfig, seed: int, workers:
 def train(args: argparse.Namespace) -> None:
     """The work of one worker (the only one when workers is 1); rank 0 writes every file."""
     cfg = load_block(TrainConfig, f"train_{args.model}")
-    seed = load_seed()
+    seed = training_seed(cfg)
     with join(cfg.device) as worker:
         train_split, valid = load_split(args.data, "train"), load_split(args.data, "valid")
         norm = load_normalization(args.data)
@@ -56,7 +56,7 @@ def start(args: argparse.Namespace, found: list[Snapshots]) -> None:
     """Validate the params block, then train here (one worker) or launch the workers (several)."""
     cfg = load_block(TrainConfig, f"train_{args.model}")
     workers = resolve_workers(cfg.workers, resolve_device(cfg.device), cfg.batch_size, f"train_{args.model}")
-    found.append(snapshots_of(args, cfg, load_seed(), workers))  # for the interrupt message
+    found.append(snapshots_of(args, cfg, training_seed(cfg), workers))  # for the interrupt message
     if workers == 1:
         train(args)
         return

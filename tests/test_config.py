@@ -5,7 +5,8 @@ import yaml
 
 from conftest import ROOT
 from fmnist_seq.config import (MODEL_NAMES, DownloadConfig, EvaluateConfig, ExportConfig, PrepareConfig,
-                               TrainConfig, as_dict, build, load_block, load_export, load_seed)
+                               TrainConfig, as_dict, build, load_block, load_export, load_seed,
+                               training_seed)
 from fmnist_seq.errors import ParamsError
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -105,6 +106,23 @@ def test_load_block_seed_and_export_from_file(tmp_path):
     path.write_text("seed: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_seed(path)
+
+
+def test_a_training_block_may_carry_its_own_seed(tmp_path):
+    # fmnist-tune's trials train with seeds of their own; the split keeps following the project's seed
+    params = copy.deepcopy(PARAMS)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert PARAMS["train_gru"]["seed"] is None
+    assert training_seed(load_block(TrainConfig, "train_gru", path), path) == PARAMS["seed"]
+    params["train_gru"]["seed"] = 7
+    path.write_text(yaml.safe_dump(params))
+    assert training_seed(load_block(TrainConfig, "train_gru", path), path) == 7
+    for bad in (-1, 2**63, "7", 1.5):
+        params["train_gru"]["seed"] = bad
+        path.write_text(yaml.safe_dump(params))
+        with pytest.raises(ParamsError, match="train_gru.seed"):
+            load_block(TrainConfig, "train_gru", path)
 
 
 def test_workers_accepts_auto_and_numbers():

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, Mapping, Optional, TypeVar, Union, get_args, get_origin
 
 from fmnist_seq.errors import ParamsError
 
@@ -97,6 +97,9 @@ class TrainConfig:
     # With several workers: how often the launcher restarts them all after one dies (killed, out of memory);
     # they resume from the last finished epoch. 0: the first failure fails the stage.
     max_restarts: int = _spec(2, ge=0)
+    # The training's own seed (initial weights, shuffling, dropout); None: the project's `seed`. The split
+    # always follows the project's seed, so trials with other training seeds share one validation set.
+    seed: Optional[int] = _spec(None, ge=0, le=MAX_SEED)
 
     def check(self, where: str) -> None:
         if isinstance(self.workers, int):
@@ -151,7 +154,8 @@ def _type_name(tp: Any) -> str:
         return "a list"
     if origin is dict:
         return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -203,6 +207,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise bad
         return value
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return None
     raise TypeError(f"unsupported params type {tp!r} at {where}")
 
 
@@ -305,6 +313,11 @@ def load_seed(path: str | Path = PARAMS_FILE) -> int:
         raise ParamsError(f"params.yaml: seed = {seed!r} is not valid: expected an integer from 0 to 2**63 - 1 "
                           f"({MAX_SEED})")
     return seed
+
+
+def training_seed(cfg: TrainConfig, path: str | Path = PARAMS_FILE) -> int:
+    """The seed a training run uses: its block's own `seed`, or the project's."""
+    return cfg.seed if cfg.seed is not None else load_seed(path)
 
 
 def load_export(path: str | Path = PARAMS_FILE) -> ExportConfig:
