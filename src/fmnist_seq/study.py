@@ -1,0 +1,231 @@
+"""Optuna studies over a training block: each trial trains through the pipeline's own `fit`, reports its
+validation accuracy after every epoch, and may be pruned by the study's pruner.
+
+The search runs outside `dvc repro` (a stage re-runs from scratch and records one set of params; a study
+learns from its trials as it goes), against storage that several processes, or machines, share: Optuna's
+journal file on one machine, a PostgreSQL database across many. The best trials come back into DVC as
+ordinary experiments (`dvc exp run -S ...`, see tune_report.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+import torch
+
+from fmnist_seq.config import TrainConfig, build
+from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
+from fmnist_seq.distributed import Worker, resolve_device
+from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
+from fmnist_seq.search_space import Space, TuneConfig, apply, sample
+from fmnist_seq.snapshot import file_sha256
+from fmnist_seq.training import EpochRecord, fit
+
+# What a study remembers of how it was started; a later run against other data or another base block would
+# mix trials that are not comparable, so it is refused.
+ATTR_MODEL, ATTR_BASE, ATTR_DATA = "model", "base_block", "data_sha256"
+
+
+class StudyError(PipelineError):
+    """The study cannot run: its storage is unreachable, or it was started on other data or another block."""
+
+
+def display_url(url: str) -> str:
+    """A storage URL without its password, for messages."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else url
+
+
+def open_storage(url: str, jobs: int = 1) -> optuna.storages.BaseStorage:
+    """A journal file (a path) or a database (a URL). SQLite is refused for parallel jobs: it locks under
+    concurrent writers ("database is locked"), Optuna's docs say so."""
+    if "://" not in url:
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.journal.JournalStorage(backend)
+    if url.startswith("sqlite") and jobs > 1:
+        raise StudyError(f"{url}: SQLite cannot serve {jobs} parallel jobs (its writers lock each other out); "
+                         "use the journal file (a path, the default) on one machine or postgresql://... on many")
+    try:
+        return _rdb_storage(url)
+    except ImportError:  # Optuna's message for a missing driver names none
+        raise StudyError(f"{display_url(url)}: the database driver is not installed: for postgresql:// "
+                         "pip install 'psycopg[binary]' (requirements.txt has it)") from None
+    except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError: unreachable, refused, bad URL
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"cannot open the study storage {display_url(url)}: {first}") from None
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    # Processes that start together on an empty database race to create Optuna's tables; the losers fail on a
+    # duplicate name. The tables exist by then: try again.
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:
+            racing = "duplicate key" in str(exc) or "already exists" in str(exc)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def make_sampler(cfg: TuneConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """Seeded from the tune block. `offset` differs between the processes of one run and between runs of one
+    study, so that parallel jobs do not draw the same random start-up trials."""
+    seed = (cfg.seed + offset) % 2**32
+    if cfg.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.startup_trials)
+
+
+def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.startup_trials,
+                                           n_warmup_steps=cfg.pruner.warmup_epochs)
+    if cfg.pruner.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.pruner.min_epochs, max_resource=cfg.epochs,
+                                              reduction_factor=cfg.pruner.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    train: Split
+    valid: Split
+    norm: Normalization
+    sha256: str  # of train.pt, valid.pt and stats.json together: which data the study's trials saw
+
+
+def load_prepared(folder: Path) -> Prepared:
+    files = [folder / name for name in ("train.pt", "valid.pt", STATS_FILE)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise StudyError(f"{missing[0]} not found: the search trains on the pipeline's prepared data; "
+                         "run `dvc repro prepare` (or `dvc pull prepare`) first")
+    digest = hashlib.sha256(" ".join(file_sha256(f) for f in files).encode()).hexdigest()
+    return Prepared(load_split(folder, "train"), load_split(folder, "valid"), load_normalization(folder), digest)
+
+
+def trial_block(base: Mapping[str, Any], values: Mapping[str, Any], cfg: TuneConfig, number: int) -> dict[str, Any]:
+    """The training block of trial `number`: the base block, the sampled values, the trial's epochs and seed,
+    and one worker (parallelism comes from parallel trials)."""
+    block = apply(base, values)
+    block.update(epochs=cfg.epochs, seed=cfg.seed + number, workers=1)
+    return block
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig, model: str,
+               base: Mapping[str, Any], data_sha256: str, offset: int) -> optuna.Study:
+    """Create the study, or continue it: a rerun of the same command adds trials to the same study."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=make_sampler(cfg, offset), pruner=make_pruner(cfg))
+    attrs = study.user_attrs
+    if not attrs:
+        study.set_user_attr(ATTR_MODEL, model)
+        study.set_user_attr(ATTR_BASE, json.loads(json.dumps(base)))
+        study.set_user_attr(ATTR_DATA, data_sha256)
+        return study
+    if attrs.get(ATTR_MODEL) != model:
+        raise StudyError(f"study {name!r} searches train_{attrs.get(ATTR_MODEL)}, not train_{model}: "
+                         "name another study with --study")
+    if attrs.get(ATTR_DATA) != data_sha256:
+        raise StudyError(f"study {name!r} was run on other prepared data (the seed or valid_ratio changed?); its "
+                         "trials are not comparable with new ones: name another study with --study")
+    changed = _changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)))
+    if changed:
+        raise StudyError(f"study {name!r} was started from another train_{model} block ({'; '.join(changed[:3])}): "
+                         "its trials are not comparable with new ones: name another study with --study")
+    return study
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b and key not in ("device", "workers", "max_restarts"):  # how a run is carried out, not its numbers
+            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changed
+
+
+class Objective:
+    """One trial: sample, build and validate the block, train with pruning, return the selected epoch's
+    validation accuracy (the figure the training stage writes as selected/valid_accuracy)."""
+
+    def __init__(self, model: str, space: Space, base: Mapping[str, Any], cfg: TuneConfig, data: Prepared,
+                 say: Callable[[str], None] = print):
+        self.model, self.space, self.base, self.cfg, self.data, self.say = model, space, base, cfg, data, say
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = sample(trial, self.space)
+        block = trial_block(self.base, values, self.cfg, trial.number)
+        trial.set_user_attr("seed", block["seed"])
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        try:
+            train_cfg = build(TrainConfig, block, f"train_{self.model}")
+        except ParamsError as exc:  # a sampled value the params checks refuse: a failed trial, the study goes on
+            self.say(f"trial {trial.number}: failed: {exc}")
+            trial.set_user_attr("error", str(exc))
+            raise
+        self.say(f"trial {trial.number}: start ({shown})")
+        start = time.perf_counter()
+
+        def on_epoch(record: EpochRecord) -> None:
+            self.say(f"trial {trial.number}: epoch {record.epoch}/{train_cfg.epochs} valid accuracy "
+                     f"{record.valid_accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
+            trial.report(record.valid_accuracy, record.epoch)
+            trial.set_user_attr("epochs", record.epoch)
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"valid accuracy {record.valid_accuracy:.4f} after epoch {record.epoch}")
+
+        try:
+            result = fit(train_cfg, self.data.train, self.data.valid, self.data.norm, block["seed"],
+                         Worker(device=resolve_device(train_cfg.device)), on_epoch=on_epoch, log=lambda _: None)
+        except optuna.TrialPruned as exc:
+            self.say(f"trial {trial.number}: pruned: {exc}")
+            raise
+        except TrainingError as exc:  # diverged: a failed trial
+            self.say(f"trial {trial.number}: failed: {exc}")
+            trial.set_user_attr("error", str(exc))
+            raise
+        trial.set_user_attr("selected_epoch", result.selected_epoch)
+        trial.set_user_attr("valid_loss", result.selected.valid_loss)
+        value = result.selected.valid_accuracy
+        self.say(f"trial {trial.number}: valid accuracy {value:.4f} (epoch {result.selected_epoch} of "
+                 f"{len(result.history)}, {time.perf_counter() - start:.0f} s)")
+        return value
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_trials(study: optuna.Study, objective: Objective, trials: int) -> None:
+    """`trials` trials in this process. A failed trial (refused params, divergence) is logged and the study
+    goes on; Ctrl-C stops after marking the running trial failed."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
+    study.optimize(objective, n_trials=trials, catch=(ParamsError, TrainingError), gc_after_trial=True)
+
+
+def threads_per_job(jobs: int, cpus: int) -> int:
+    return max(1, cpus // jobs)
+
+
+def set_threads(jobs: int, cpus: int) -> None:
+    # Small recurrent matmuls scale poorly over threads: J parallel trials with cores/J threads each beat
+    # one trial at a time with all of them (the reasoning of the training stage's workers).
+    torch.set_num_threads(threads_per_job(jobs, cpus))
+

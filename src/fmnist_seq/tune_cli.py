@@ -1,0 +1,199 @@
+"""fmnist-tune: an Optuna study over one model's training recipe, on the pipeline's prepared data.
+
+  fmnist-tune --model gru --trials 30 --jobs 2
+  fmnist-tune --model gru --storage postgresql://user:pass@db-host/optuna    # on every machine of a search
+  fmnist-tune --model gru --trials 0 --queue-best 3                          # report, and queue the top 3
+
+The search space, sampler, pruner and storage come from params.yaml's `tune` block; the block searched is
+train_<model>, with the sampled values applied and checked as the training stage checks them. A rerun of
+the same command continues the study. At the end (or on Ctrl-C) it prints the best trials and writes
+results/tune/<study>/ (summary.md, trials.csv, Optuna's pictures); the printed `dvc exp run -S ...`
+retrains a trial through the pipeline, exactly. docs/tuning.md has the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import signal
+import sys
+from pathlib import Path
+
+import optuna
+
+from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
+from fmnist_seq.errors import ParamsError, PipelineError
+from fmnist_seq.machine import usable_cpus
+from fmnist_seq.search_space import TuneConfig, build_tune
+from fmnist_seq.study import (Objective, StudyError, display_url, load_prepared, open_storage, open_study,
+                              run_trials, set_threads)
+from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
+
+NAME = "fmnist-tune"
+
+
+def parse_jobs(text: str) -> int:
+    if text == "auto":
+        return usable_cpus()
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs (an integer, or auto)") from None
+    if not 1 <= jobs <= 256:
+        raise argparse.ArgumentTypeError(f"{jobs} jobs: give 1 to 256, or auto")
+    return jobs
+
+
+def parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=NAME, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=MODEL_NAMES, required=True, help="the block searched: train_<model>")
+    p.add_argument("--space", help="which of tune.spaces (default: the model's name)")
+    p.add_argument("--study", help="the study's name in the storage (default: the space's name)")
+    p.add_argument("--trials", type=parse_count, help="trials this run adds, over all its jobs (default: tune.trials)")
+    p.add_argument("--jobs", type=parse_jobs, default=1, help="parallel trial processes on this machine, or auto "
+                   "(one per usable CPU core); each gets cores/jobs threads")
+    p.add_argument("--storage", help="journal file path or database URL (default: tune.storage)")
+    p.add_argument("--data", type=Path, default=Path("data/prepared"), help="the prepared data (dvc repro prepare)")
+    p.add_argument("--out", type=Path, default=Path("results/tune"), help="results/tune/<study>/ gets the report")
+    p.add_argument("--top", type=parse_count, default=10, help="rows in the table of best trials")
+    p.add_argument("--queue-best", type=parse_count, default=0, metavar="K",
+                   help="queue the best K trials as DVC experiments (then `dvc queue start`)")
+    return p
+
+
+def _job(job: int, jobs: int, trials: int, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
+         space_name: str, base: dict, data_dir: Path, offset: int, cpus: int) -> None:
+    """One of several trial processes (started with spawn: a clean interpreter, no copied torch state)."""
+    from fmnist_seq.distributed import die_with_launcher
+    die_with_launcher()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # never outlive the fmnist-tune that started it
+    set_threads(jobs, cpus)
+    try:
+        data = load_prepared(data_dir)
+        storage = open_storage(storage_url, jobs)
+        study = open_study(study_name, storage, cfg, model, base, data.sha256, offset + job)
+        prefix = f"[job {job + 1}/{jobs}] "
+        objective = Objective(model, cfg.spaces[space_name], base, cfg, data, say=lambda s: print(prefix + s, flush=True))
+        run_trials(study, objective, trials)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except PipelineError as exc:
+        print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def shares(trials: int, jobs: int) -> list[int]:
+    """`trials` split over `jobs` processes as evenly as possible."""
+    return [trials // jobs + (i < trials % jobs) for i in range(jobs)]
+
+
+def run(args: argparse.Namespace) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command says what happens in its own lines
+    params = read_params()
+    cfg = build_tune(params.get("tune")) if "tune" in params else None
+    if cfg is None:
+        raise ParamsError("params.yaml: missing block 'tune' (fmnist-tune's search spaces, docs/tuning.md)")
+    space_name = args.space or args.model
+    if space_name not in cfg.spaces:
+        raise ParamsError(f"params.yaml: tune.spaces has no {space_name!r}; spaces there: {', '.join(cfg.spaces)}")
+    space = cfg.spaces[space_name]
+    if space.model != args.model:
+        raise ParamsError(f"params.yaml: tune.spaces.{space_name} searches train_{space.model}, not train_{args.model}")
+    block = f"train_{args.model}"
+    if block not in params:
+        raise ParamsError(f"params.yaml: missing block '{block}'")
+    base = params[block]
+    build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
+    trials = cfg.trials if args.trials is None else args.trials
+    storage_url, study_name = args.storage or cfg.storage, args.study or space_name
+
+    data = load_prepared(args.data)
+    storage = open_storage(storage_url, args.jobs)
+    study = open_study(study_name, storage, cfg, args.model, base, data.sha256, 0)
+    offset = 7919 * len(study.get_trials(deepcopy=False))  # a continued study draws new start-up trials
+    cpus = usable_cpus()
+    print(f"{NAME}: study {study_name!r} in {display_url(storage_url)}: {len(study.trials)} trials so far; "
+          f"{trials} more over {args.jobs} job(s) with {max(1, cpus // args.jobs)} thread(s) each, "
+          f"up to {cfg.epochs} epochs each, {cfg.pruner.name} pruning", flush=True)
+    interrupted = False
+    try:
+        if trials and args.jobs == 1:
+            set_threads(1, cpus)
+            study = open_study(study_name, storage, cfg, args.model, base, data.sha256, offset)
+            run_trials(study, Objective(args.model, space, base, cfg, data), trials)
+        elif trials:
+            interrupted = _run_jobs(args, cfg, trials, storage_url, study_name, space_name, base, offset, cpus)
+    except KeyboardInterrupt:
+        interrupted = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report finish
+    report(args, cfg, open_study(study_name, storage, cfg, args.model, base, data.sha256, 0), interrupted)
+    return 130 if interrupted else 0
+
+
+def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_url: str, study_name: str,
+              space_name: str, base: dict, offset: int, cpus: int) -> bool:
+    """Start one process per job and wait; True when interrupted."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_job, args=(i, args.jobs, n, storage_url, study_name, cfg, args.model,
+                                                    space_name, base, args.data, offset, cpus), name=f"job-{i + 1}")
+                 for i, n in enumerate(shares(trials, args.jobs)) if n]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:  # a terminal's Ctrl-C reached them too; a `kill -INT` of this one did not
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+        return True
+    failed = [p.name for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        raise StudyError(f"{', '.join(failed)} stopped with an error (above); the study keeps every finished trial")
+    return False
+
+
+def report(args: argparse.Namespace, cfg: TuneConfig, study, interrupted: bool) -> None:
+    folder = args.out / study.study_name
+    print(("\ninterrupted: " if interrupted else "\n") + pruning(study, cfg.epochs).line(cfg.epochs))
+    print(table(study, args.top))
+    skipped = write_results(study, folder, cfg.epochs, args.top)
+    print(f"report: {folder}/summary.md, trials.csv and pictures"
+          + "".join(f"\n  {name} skipped: {why}" for name, why in skipped.items()))
+    best = finished(study)
+    if not best:
+        return
+    print("\nretrain the best trial through the pipeline (checkpoint, test metrics, ONNX, dvc exp show):")
+    print("  " + shell(exp_command(study, best[0], cfg.epochs)))
+    if args.queue_best and not interrupted:
+        names = queue_best(study, args.queue_best, cfg.epochs)
+        print(f"queued {len(names)} experiment(s): {', '.join(names)}; run them with `dvc queue start`")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        code = run(args)
+    except PipelineError as exc:
+        print(f"{NAME}: error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print(f"{NAME}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

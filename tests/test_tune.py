@@ -1,0 +1,214 @@
+"""fmnist-tune end to end on tiny synthetic data: shared studies (journal file, PostgreSQL), failed trials,
+params errors before any trial, and a trial reproduced exactly by its `dvc exp run -S ...` command."""
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import VENV_BIN, deep_update, dvc, prepare_synthetic, run, train_project
+
+pytestmark = pytest.mark.e2e
+TUNE = str(VENV_BIN / "fmnist-tune")
+# Small and quick: 2 epochs a trial, pruning from the second finished trial on.
+FAST_TUNE = {"epochs": 2, "sampler": {"startup_trials": 2}, "pruner": {"startup_trials": 1, "warmup_epochs": 1}}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return prepare_synthetic(tmp_path_factory.mktemp("tune-data"), per_class_train=20)
+
+
+def tune_project(folder: Path, **tune) -> Path:
+    train_project(folder)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params["tune"], FAST_TUNE)
+    spaces = tune.pop("spaces", None)
+    deep_update(params["tune"], tune)
+    if spaces is not None:  # replaced, not merged
+        params["tune"]["spaces"] = spaces
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def tune(folder: Path, prepared: Path, *args: str) -> list[str]:
+    return [TUNE, "--model", "gru", "--data", str(prepared), *args]
+
+
+def journal(folder: Path) -> optuna.storages.BaseStorage:
+    return optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / ".optuna" / "journal.log")))
+
+
+def run_together(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
+    processes = [subprocess.Popen(c, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for c in commands]
+    results = []
+    for command, process in zip(commands, processes):
+        out, err = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+    for result in results:
+        assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+    return results
+
+
+def check_six_trials(study: optuna.Study) -> None:
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))  # 6 distinct trials of one study
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    assert sorted(t.user_attrs["seed"] for t in trials) == [2026 + n for n in range(6)]  # seed + trial number
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # parallel jobs drew different values
+
+
+def test_two_processes_share_one_study_in_the_journal_file(prepared, tmp_path):
+    folder = tune_project(tmp_path / "proj")
+    results = run_together([tune(folder, prepared, "--trials", "3") for _ in range(2)], cwd=folder)
+    check_six_trials(optuna.load_study(study_name="gru", storage=journal(folder)))
+    report = folder / "results" / "tune" / "gru"
+    for name in ("optimization_history.png", "param_importances.png", "intermediate_values.png", "timeline.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    summary = (report / "summary.md").read_text()
+    assert "dvc exp run -n gru-trial-" in summary and "| rank | trial | valid acc |" in summary
+    assert len((report / "trials.csv").read_text().splitlines()) == 7  # the header and every trial
+    assert "retrain the best trial" in results[-1].stdout
+
+    # A rerun of the same command continues the study (here: one more trial, from two jobs' share of 1)
+    again = run([*tune(folder, prepared, "--trials", "1", "--jobs", "2")], cwd=folder)
+    assert "6 trials so far" in again.stdout
+    assert len(optuna.load_study(study_name="gru", storage=journal(folder)).trials) == 7
+
+
+def test_a_diverging_range_gives_failed_trials_and_the_study_goes_on(prepared, tmp_path):
+    space = {"model": "gru", "params": {"lr": {"low": 1.0e8, "high": 1.0e10, "log": True},
+                                        "model.dropout": {"low": 0.5, "high": 1.5}}}
+    folder = tune_project(tmp_path / "proj", spaces={"gru": space})
+    result = run(tune(folder, prepared, "--trials", "4"), cwd=folder)
+    trials = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials()
+    assert len(trials) == 4
+    assert all(t.state in (TrialState.FAIL, TrialState.PRUNED) for t in trials), [(t.state, t.params) for t in trials]
+    errors = [t.user_attrs.get("error", "") for t in trials if t.state == TrialState.FAIL]
+    assert errors and all("diverged" in e or "train_gru.model.dropout" in e for e in errors), errors
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "0 finished" in result.stdout and "no finished trial yet" in result.stdout
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"learning_rate": {"low": 0.001, "high": 0.01}}, "tune.spaces.gru.params.learning_rate names 'learning_rate'"),
+    ({"lr": {"low": 0.01, "high": 0.001}}, "tune.spaces.gru.params.lr is an empty range"),
+    ({"lr": {"low": 0.001, "high": 0.01, "scale": "log"}}, "unknown key tune.spaces.gru.params.lr.scale"),
+])
+def test_a_bad_tune_block_stops_before_any_trial(prepared, tmp_path, space, message):
+    folder = tune_project(tmp_path / "proj", spaces={"gru": {"model": "gru", "params": space}})
+    result = run(tune(folder, prepared, "--trials", "2"), cwd=folder, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (folder / ".optuna").exists()  # no study was created, no trial ran
+
+
+def test_usage_errors_are_one_line(prepared, tmp_path):
+    folder = tune_project(tmp_path / "proj")
+    cases = [
+        (tune(folder, tmp_path / "nowhere", "--trials", "1"), "dvc repro prepare"),
+        (tune(folder, prepared, "--storage", f"sqlite:///{tmp_path}/s.db", "--jobs", "2"), "SQLite cannot serve 2"),
+        (tune(folder, prepared, "--storage", "postgresql://u:secret@127.0.0.1:1/none"), "cannot open the study storage"),
+        (tune(folder, prepared, "--space", "nope"), "tune.spaces has no 'nope'"),
+        (tune(folder, prepared, "--space", "rnn"), "searches train_rnn, not train_gru"),
+    ]
+    for command, message in cases:
+        result = run(command, cwd=folder, check=False)
+        assert result.returncode == 1, command
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert "secret" not in result.stderr  # a password never reaches a log
+    bad = run(tune(folder, prepared, "--jobs", "zero"), cwd=folder, check=False)
+    assert bad.returncode == 2 and "not a number of jobs" in bad.stderr
+
+
+# --- PostgreSQL: one study shared by processes that could be on different machines ---------------------
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server of the test's own on a loopback port (run as the `postgres` user under root)."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server not installed: apt-get install postgresql (make setup does it as root)")
+    pytest.importorskip("psycopg", reason="psycopg not installed (requirements.txt)")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))  # outside pytest's root-only tmp folders
+    if as_user:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", _free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+    try:
+        pg(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+           f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_processes_share_one_study_in_postgresql(prepared, tmp_path, postgres_url):
+    folder = tune_project(tmp_path / "proj")
+    # one process with two jobs of its own, one with one: three trial processes, as on two machines
+    run_together([tune(folder, prepared, "--trials", "3", "--jobs", "2", "--storage", postgres_url),
+                  tune(folder, prepared, "--trials", "3", "--storage", postgres_url)], cwd=folder)
+    check_six_trials(optuna.load_study(study_name="gru", storage=postgres_url))  # read by a third process
+    shown = run(tune(folder, prepared, "--trials", "0", "--storage", postgres_url), cwd=folder)
+    assert "6 trials so far" in shown.stdout and "| 1 |" in shown.stdout
+    assert not (folder / ".optuna").exists()  # nothing went to the default journal file
+
+
+# --- a trial comes back into DVC as an experiment, with the same validation accuracy ------------------------
+
+def test_the_printed_command_retrains_a_trial_exactly_and_queue_best_queues(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    deep_update(params["tune"], {**FAST_TUNE, "pruner": {"name": "none"}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc("repro", "prepare", cwd=project)
+    run(["git", "add", "-A"], cwd=project)
+    run(["git", "commit", "-qm", "prepared"], cwd=project)
+    found = run([TUNE, "--model", "gru", "--trials", "2", "--queue-best", "2"], cwd=project).stdout
+    assert "queued 2 experiment(s)" in found
+    queued = dvc("queue", "status", cwd=project).stdout
+    assert queued.count("Queued") == 2, queued
+    dvc("queue", "remove", "--all", cwd=project)
+
+    study = optuna.load_study(study_name="gru", storage=journal(project))
+    command = next(line.strip() for line in found.splitlines() if line.strip().startswith("dvc exp run -n"))
+    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+    assert f"-n gru-trial-{best.number}" in command and f"train_gru.seed={best.user_attrs['seed']}" in command
+    dvc(*shlex.split(command)[1:], cwd=project)
+    metrics = json.loads((project / "results/train/gru/metrics.json").read_text())
+    assert metrics["selected"]["valid_accuracy"] == best.value  # the same figure, to the last bit
+    assert metrics["selected"]["epoch"] == best.user_attrs["selected_epoch"]
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    names = {exp.get("name") for rev in shown for exp in (rev.get("experiments") or [])}
+    assert f"gru-trial-{best.number}" in names
