@@ -14,7 +14,7 @@ WEB_PORT ?= 8000
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup dataset browser repro test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
+.PHONY: setup dataset browser postgres repro tune test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
 setup: $(STAMP)
 
@@ -26,6 +26,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@$(MAKE) --no-print-directory dataset
 	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory postgres
 	touch $(STAMP)
 
 # Debian's dataset-fashion-mnist where we may install it; otherwise the download stage uses the mirrors.
@@ -54,8 +55,30 @@ browser:
 	  echo "         (tests/test_web.py is skipped without it)"; \
 	fi
 
+# Debian's PostgreSQL server, for the test of a study shared through a database (tests/test_tune.py starts its
+# own server on a loopback port); fmnist-tune itself needs no database (its default storage is a file).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "postgres: using $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1; } || \
+	  echo "postgres: could not install postgresql; the PostgreSQL test of fmnist-tune will be skipped"; \
+	else \
+	  echo "postgres: not root or no apt: run 'sudo apt-get install postgresql' to test studies shared through"; \
+	  echo "          PostgreSQL (that test is skipped without it)"; \
+	fi
+
 repro: setup
 	dvc repro
+
+# The default hyperparameter search (docs/tuning.md): the GRU's recipe, one trial per core at a time, on the
+# prepared data. A rerun continues the study. Other studies: fmnist-tune --help.
+TUNE_MODEL ?= gru
+TUNE_TRIALS ?= 30
+tune: setup
+	dvc repro prepare
+	fmnist-tune --model $(TUNE_MODEL) --trials $(TUNE_TRIALS) --jobs auto
 
 NPM := $(shell command -v npm 2>/dev/null)
 NODE_STAMP := examples/node/node_modules/.installed

@@ -37,26 +37,45 @@ def test_push_then_fresh_clone_pulls_everything_without_retraining(reproduced):
     assert "Running stage" not in again.stdout
 
 
-def test_experiment_push_and_pull_through_git_remote(reproduced):
+def _experiments(project) -> dict[str, dict]:
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    # each experiment: {"name", "revs": [{"rev", "name", "data": {"params", "metrics", ...}}], "executor"}
+    return {exp["name"]: exp["revs"][0] for rev in shown for exp in (rev.get("experiments") or []) if exp.get("name")}
+
+
+def test_experiments_from_two_machines_meet_in_one_exp_show(reproduced):
+    """fmnist-tune's winners trained on different machines: each pushes its experiments to the git remote (their
+    outputs to the DVC remote); any clone pulls them and compares them side by side (docs/tuning.md)."""
     project, root = reproduced
     bare = root / "origin.git"
     run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], cwd=root)
     run(["git", "remote", "add", "origin", str(bare)], cwd=project)
     run(["git", "push", "-q", "origin", "main"], cwd=project)
+    dvc("push", cwd=project)
     dvc("exp", "run", "-n", "short-gru", "-S", "train_gru.epochs=2", cwd=project)
     dvc("exp", "push", "origin", "short-gru", cwd=project)  # git refs to origin, cache to the DVC remote
     run(["git", "checkout", "-q", "--", "."], cwd=project)  # leave the workspace at the baseline
     dvc("checkout", "-q", cwd=project)
 
-    teammate = root / "teammate"
+    teammate = root / "teammate"  # another machine: a clone of the git remote
     run(["git", "clone", "-q", str(bare), str(teammate)], cwd=root)
+    dvc("pull", "-q", cwd=teammate)
+    dvc("exp", "run", "-n", "teammate-gru", "-S", "train_gru.epochs=2", "-S", "train_gru.seed=7", cwd=teammate)
+    dvc("exp", "push", "origin", "teammate-gru", cwd=teammate)
     dvc("exp", "pull", "origin", "short-gru", cwd=teammate)
-    shown = json.loads(dvc("exp", "show", "--json", cwd=teammate).stdout)
-    names = {exp.get("name") for rev in shown for exp in (rev.get("experiments") or [])}
-    assert "short-gru" in names
-    dvc("exp", "apply", "short-gru", cwd=teammate)
-    assert "epochs: 2" in (teammate / "params.yaml").read_text().split("train_gru:")[1].split("evaluate:")[0]
-    assert (teammate / "models/gru.pt").is_file()  # the experiment's outputs came from the remote
+    dvc("exp", "pull", "origin", "teammate-gru", cwd=project)
+
+    for clone in (project, teammate):  # both clones show both experiments, with their metrics
+        found = _experiments(clone)
+        assert {"short-gru", "teammate-gru"} <= set(found), (clone, set(found))
+        for name in ("short-gru", "teammate-gru"):
+            metrics = found[name]["data"]["metrics"]["results/evaluate/metrics.json"]["data"]
+            assert 0 <= metrics["gru"]["test_accuracy"] <= 1
+    dvc("exp", "apply", "teammate-gru", cwd=project)
+    assert "seed: 7" in (project / "params.yaml").read_text().split("train_gru:")[1].split("evaluate:")[0]
+    assert (project / "models/gru.pt").is_file()  # the experiment's outputs came from the remote
+    run(["git", "checkout", "-q", "--", "."], cwd=project)
+    dvc("checkout", "-q", cwd=project)
 
 
 def _queue_states(project) -> tuple[dict[str, str], bool]:

@@ -101,37 +101,6 @@ def test_a_diverging_range_gives_failed_trials_and_the_study_goes_on(prepared, t
     assert "0 finished" in result.stdout and "no finished trial yet" in result.stdout
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"learning_rate": {"low": 0.001, "high": 0.01}}, "tune.spaces.gru.params.learning_rate names 'learning_rate'"),
-    ({"lr": {"low": 0.01, "high": 0.001}}, "tune.spaces.gru.params.lr is an empty range"),
-    ({"lr": {"low": 0.001, "high": 0.01, "scale": "log"}}, "unknown key tune.spaces.gru.params.lr.scale"),
-])
-def test_a_bad_tune_block_stops_before_any_trial(prepared, tmp_path, space, message):
-    folder = tune_project(tmp_path / "proj", spaces={"gru": {"model": "gru", "params": space}})
-    result = run(tune(folder, prepared, "--trials", "2"), cwd=folder, check=False)
-    assert result.returncode == 1
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (folder / ".optuna").exists()  # no study was created, no trial ran
-
-
-def test_usage_errors_are_one_line(prepared, tmp_path):
-    folder = tune_project(tmp_path / "proj")
-    cases = [
-        (tune(folder, tmp_path / "nowhere", "--trials", "1"), "dvc repro prepare"),
-        (tune(folder, prepared, "--storage", f"sqlite:///{tmp_path}/s.db", "--jobs", "2"), "SQLite cannot serve 2"),
-        (tune(folder, prepared, "--storage", "postgresql://u:secret@127.0.0.1:1/none"), "cannot open the study storage"),
-        (tune(folder, prepared, "--space", "nope"), "tune.spaces has no 'nope'"),
-        (tune(folder, prepared, "--space", "rnn"), "searches train_rnn, not train_gru"),
-    ]
-    for command, message in cases:
-        result = run(command, cwd=folder, check=False)
-        assert result.returncode == 1, command
-        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
-        assert "secret" not in result.stderr  # a password never reaches a log
-    bad = run(tune(folder, prepared, "--jobs", "zero"), cwd=folder, check=False)
-    assert bad.returncode == 2 and "not a number of jobs" in bad.stderr
-
-
 # --- PostgreSQL: one study shared by processes that could be on different machines ---------------------
 
 def _postgres_bin() -> Path | None:

@@ -1,0 +1,104 @@
+"""fmnist-tune's command line, in process: every mistake stops before any trial with one line naming it."""
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from conftest import deep_update, prepare_synthetic, train_project
+from fmnist_seq import tune_cli
+from fmnist_seq.tune_report import exp_args, yaml_value
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepare_synthetic(tmp_path_factory.mktemp("tune-cli-data"), per_class_train=10)
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    train_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    yield tmp_path
+    torch.set_num_threads(threads)  # a trial run in process sets this process's threads
+
+
+def set_space(folder, space: dict) -> None:
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["tune"]["spaces"] = {"gru": {"model": "gru", "params": space}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def fails(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(list(args))
+    err = capsys.readouterr().err
+    assert exited.value.code == 1, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"learning_rate": {"low": 0.001, "high": 0.01}}, "tune.spaces.gru.params.learning_rate names 'learning_rate'"),
+    ({"lr": {"low": 0.01, "high": 0.001}}, "tune.spaces.gru.params.lr is an empty range"),
+    ({"lr": {"low": 0.001, "high": 0.01, "scale": "log"}}, "unknown key tune.spaces.gru.params.lr.scale"),
+])
+def test_a_bad_tune_block_stops_before_any_trial(folder, prepared, capsys, space, message):
+    set_space(folder, space)
+    err = fails(capsys, "--model", "gru", "--data", str(prepared), "--trials", "2")
+    assert message in err
+    assert not (folder / ".optuna").exists()  # no study was created, no trial ran
+
+
+def test_usage_errors_are_one_line(folder, prepared, capsys):
+    data = ["--model", "gru", "--data", str(prepared)]
+    assert "dvc repro prepare" in fails(capsys, "--model", "gru", "--data", str(folder / "nowhere"))
+    assert "SQLite cannot serve 2" in fails(capsys, *data, "--storage", f"sqlite:///{folder}/s.db", "--jobs", "2")
+    err = fails(capsys, *data, "--storage", "postgresql://u:secret@127.0.0.1:1/none")
+    assert "cannot open the study storage postgresql://u:***@127.0.0.1:1/none" in err  # never the password
+    assert "tune.spaces has no 'nope'" in fails(capsys, *data, "--space", "nope")
+    assert "searches train_rnn, not train_gru" in fails(capsys, *data, "--space", "rnn")
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["train_gru"]["lr"] = -1
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "train_gru.lr = -1" in fails(capsys, *data)  # the base block is checked before any trial
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main([*data, "--jobs", "zero"])
+    assert exited.value.code == 2 and "not a number of jobs" in capsys.readouterr().err
+    assert not (folder / ".optuna").exists()
+
+
+def test_a_continued_study_must_search_the_same_block_on_the_same_data(folder, prepared, capsys):
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params["tune"], {"epochs": 1})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "1"])
+    assert exited.value.code == 0
+    params["train_gru"]["lr"] = 0.02
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    err = fails(capsys, "--model", "gru", "--data", str(prepared), "--trials", "1")
+    assert "study 'gru' was started from another train_gru block (lr: 0.01 -> 0.02)" in err
+
+
+def test_the_command_sets_every_value_the_trial_used():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("model", "gru")
+    study.set_user_attr("base_block", {"epochs": 10, "workers": "auto"})
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                       "model.bidirectional": optuna.distributions.CategoricalDistribution([False, True])})
+    trial.set_user_attr("seed", 2031)
+    study.tell(trial, 0.9)
+    args = exp_args(study, study.trials[0], epochs=6)
+    settings = dict(a.split("=", 1) for a in args[1::2])
+    assert float(settings["train_gru.lr"]) == study.trials[0].params["lr"]  # the exact float, by repr
+    assert settings["train_gru.model.bidirectional"] in ("true", "false")
+    assert (settings["train_gru.seed"], settings["train_gru.epochs"], settings["train_gru.workers"]) == \
+        ("2031", "6", "1")
+    assert [yaml_value(v) for v in (True, 1e-05, 128, "max_steps")] == ["true", "1e-05", "128", "max_steps"]
+
+
+@pytest.mark.parametrize("trials, jobs, expected", [(6, 2, [3, 3]), (7, 3, [3, 2, 2]), (1, 2, [1, 0])])
+def test_trials_are_shared_among_jobs(trials, jobs, expected):
+    assert tune_cli.shares(trials, jobs) == expected
