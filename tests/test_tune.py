@@ -7,10 +7,13 @@ import shlex
 import shutil
 import socket
 import subprocess
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -99,6 +102,42 @@ def test_a_diverging_range_gives_failed_trials_and_the_study_goes_on(prepared, t
     assert errors and all("diverged" in e or "train_gru.model.dropout" in e for e in errors), errors
     assert "Traceback" not in result.stdout + result.stderr
     assert "0 finished" in result.stdout and "no finished trial yet" in result.stdout
+
+
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "kill"])
+def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepared, tmp_path, sig, to_group):
+    """Ctrl-C in a terminal (SIGINT to the whole group), or `kill` of fmnist-tune alone (SIGTERM)."""
+    folder = tune_project(tmp_path / "proj", epochs=4)
+    process = subprocess.Popen(tune(folder, prepared, "--trials", "200", "--jobs", "2"), cwd=folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # until two trials have finished
+            time.sleep(1)
+            log = folder / ".optuna" / "journal.log"
+            if log.exists():
+                done = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials(
+                    states=(TrialState.COMPLETE, TrialState.PRUNED))
+                if len(done) >= 2:
+                    break
+        jobs = psutil.Process(process.pid).children(recursive=True)
+        assert len([j for j in jobs if j.is_running()]) >= 2
+        if to_group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    assert "interrupted: " in out and "| rank | trial | valid acc |" in out and "dvc exp run -n gru-trial-" in out
+    assert (folder / "results/tune/gru/summary.md").is_file()
+    time.sleep(1)
+    assert not [j for j in jobs if j.is_running() and j.status() != psutil.STATUS_ZOMBIE]  # no job trains on
+    study = optuna.load_study(study_name="gru", storage=journal(folder))
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # the interrupted trials are closed (failed)
+    assert "Traceback" not in err
 
 
 # --- PostgreSQL: one study shared by processes that could be on different machines ---------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from fmnist_seq.config import TrainConfig, build
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
-from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
+from fmnist_seq.errors import Interrupted, ParamsError, PipelineError, TrainingError
 from fmnist_seq.search_space import Space, TuneConfig, apply, sample
 from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.training import EpochRecord, fit
@@ -30,6 +31,11 @@ from fmnist_seq.training import EpochRecord, fit
 # What a study remembers of how it was started; a later run against other data or another base block would
 # mix trials that are not comparable, so it is refused.
 ATTR_MODEL, ATTR_BASE, ATTR_DATA = "model", "base_block", "data_sha256"
+
+
+# Set when this process is asked to stop (SIGTERM from fmnist-tune, Ctrl-C): the signal handler raises at once,
+# but an exception raised inside a destructor is swallowed, so trials also check this after every epoch.
+stop_requested = threading.Event()
 
 
 class StudyError(PipelineError):
@@ -183,6 +189,8 @@ class Objective:
         start = time.perf_counter()
 
         def on_epoch(record: EpochRecord) -> None:
+            if stop_requested.is_set():
+                raise Interrupted("SIGTERM")
             self.say(f"trial {trial.number}: epoch {record.epoch}/{train_cfg.epochs} valid accuracy "
                      f"{record.valid_accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
             trial.report(record.valid_accuracy, record.epoch)
@@ -217,7 +225,8 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int) -> None:
     """`trials` trials in this process. A failed trial (refused params, divergence) is logged and the study
     goes on; Ctrl-C stops after marking the running trial failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
-    study.optimize(objective, n_trials=trials, catch=(ParamsError, TrainingError), gc_after_trial=True)
+    study.optimize(objective, n_trials=trials, catch=(ParamsError, TrainingError), gc_after_trial=True,
+                   callbacks=[lambda study, _trial: study.stop() if stop_requested.is_set() else None])
 
 
 def threads_per_job(jobs: int, cpus: int) -> int:

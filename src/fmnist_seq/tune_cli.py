@@ -17,16 +17,17 @@ import argparse
 import multiprocessing
 import signal
 import sys
+import time
 from pathlib import Path
 
 import optuna
 
 from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
-from fmnist_seq.errors import ParamsError, PipelineError
+from fmnist_seq.errors import Interrupted, ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
 from fmnist_seq.study import (Objective, StudyError, display_url, load_prepared, open_storage, open_study,
-                              run_trials, set_threads)
+                              run_trials, set_threads, stop_requested)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
 
 NAME = "fmnist-tune"
@@ -71,12 +72,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class _NotATerminal:
+    """stderr that says it is no terminal: parallel trials' live progress bars would fight over one line, so
+    each job reports with its own lines instead (training shows a bar only on a terminal)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def _job(job: int, jobs: int, trials: int, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
          space_name: str, base: dict, data_dir: Path, offset: int, cpus: int) -> None:
     """One of several trial processes (started with spawn: a clean interpreter, no copied torch state)."""
     from fmnist_seq.distributed import die_with_launcher
-    die_with_launcher()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # never outlive the fmnist-tune that started it
+    die_with_launcher()  # never outlive the fmnist-tune that started it
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sys.stderr = _NotATerminal(sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # from the parent: close the running trial as failed, then stop
+    sys.unraisablehook = _unraisable
     set_threads(jobs, cpus)
     try:
         data = load_prepared(data_dir)
@@ -90,6 +108,19 @@ def _job(job: int, jobs: int, trials: int, storage_url: str, study_name: str, cf
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    first = not stop_requested.is_set()
+    stop_requested.set()
+    if first:  # once: a second signal must not cut short the closing of the trial
+        raise Interrupted(signal.Signals(signum).name)
+
+
+def _unraisable(info) -> None:
+    # A stop that lands in a destructor is swallowed there (the trial notices it after its epoch): no traceback.
+    if not isinstance(info.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(info)
 
 
 def shares(trials: int, jobs: int) -> list[int]:
@@ -153,7 +184,12 @@ def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_ur
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        for process in processes:  # a terminal's Ctrl-C reached them too; a `kill -INT` of this one did not
+        # A terminal's Ctrl-C reached the jobs too: give them a moment to close their trials; a signal to this
+        # process alone did not reach them: pass it on.
+        deadline = time.monotonic() + 5
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:
             if process.is_alive():
                 process.terminate()
         for process in processes:
@@ -184,6 +220,7 @@ def report(args: argparse.Namespace, cfg: TuneConfig, study, interrupted: bool) 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a scheduler's stop: like Ctrl-C, with the report
     try:
         code = run(args)
     except PipelineError as exc:

@@ -159,18 +159,20 @@ def write_pictures(study: optuna.Study, folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, plot in PICTURES.items():
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental on every call
+            # Optuna marks its matplotlib backend experimental on every call; tight_layout gives up on crowded
+            # legends with a warning and draws them anyway
+            warnings.simplefilter("ignore")
             try:
                 axes = plot(study)
             except (ValueError, RuntimeError) as exc:
                 skipped[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 (folder / name).unlink(missing_ok=True)
                 continue
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_size_inches(9, 5.5)
-        figure.tight_layout()
-        figure.savefig(folder / name, dpi=110)
-        plt.close(figure)
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(9, 5.5)
+            figure.tight_layout()
+            figure.savefig(folder / name, dpi=110)
+            plt.close(figure)
     return skipped
 
 
