@@ -196,7 +196,8 @@ class Objective:
             trial.report(record.valid_accuracy, record.epoch)
             trial.set_user_attr("epochs", record.epoch)
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
-            if trial.should_prune():
+            # after the last epoch there is nothing left to save: the trial finishes with its figure
+            if record.epoch < train_cfg.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"valid accuracy {record.valid_accuracy:.4f} after epoch {record.epoch}")
 
         try:
