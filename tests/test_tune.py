@@ -140,6 +140,30 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     assert "Traceback" not in err
 
 
+def test_trials_of_a_killed_search_are_closed_by_the_next_run(prepared, tmp_path):
+    folder = tune_project(tmp_path / "proj", epochs=50)  # long trials: both jobs are inside one when killed
+    process = subprocess.Popen(tune(folder, prepared, "--trials", "10", "--jobs", "2"), cwd=folder,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        running = []
+        while time.monotonic() < deadline and len(running) < 2:
+            time.sleep(1)
+            if (folder / ".optuna" / "journal.log").exists():
+                running = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials(
+                    states=(TrialState.RUNNING,))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # nothing can close its trials: kill -9, out of memory
+        process.wait()
+    assert len(running) == 2
+    time.sleep(1)
+    report = run(tune(folder, prepared, "--trials", "0"), cwd=folder)
+    trials = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials()
+    assert {t.state for t in trials} == {TrialState.FAIL}, [t.state for t in trials]
+    assert all("ended without closing it" in t.user_attrs["error"] for t in trials)
+    assert "2 failed" in report.stdout and "running" not in report.stdout
+
+
 # --- PostgreSQL: one study shared by processes that could be on different machines ---------------------
 
 def _postgres_bin() -> Path | None:

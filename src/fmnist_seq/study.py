@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import optuna
+import psutil
 import torch
+from optuna.trial import TrialState
 
 from fmnist_seq.config import TrainConfig, build
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
@@ -55,7 +59,9 @@ def open_storage(url: str, jobs: int = 1) -> optuna.storages.BaseStorage:
     """A journal file (a path) or a database (a URL). SQLite is refused for parallel jobs: it locks under
     concurrent writers ("database is locked"), Optuna's docs say so."""
     if "://" not in url:
-        path = Path(url)
+        # Absolute: the file lock is a symlink to this path, and a relative one dangles from inside .optuna/, so a
+        # lock left by a killed process could never be recognized as stale (Optuna retries it forever).
+        path = Path(url).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.journal.JournalStorage(backend)
@@ -77,7 +83,9 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     # duplicate name. The tables exist by then: try again.
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            # heartbeat: a trial whose machine died or lost the network is failed by the next process that looks
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=60,
+                                              grace_period=300)
         except Exception as exc:
             racing = "duplicate key" in str(exc) or "already exists" in str(exc)
             if not racing or attempt == attempts - 1:
@@ -136,6 +144,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
     """Create the study, or continue it: a rerun of the same command adds trials to the same study."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=make_sampler(cfg, offset), pruner=make_pruner(cfg))
+    fail_stale_trials(study)
     attrs = study.user_attrs
     if not attrs:
         study.set_user_attr(ATTR_MODEL, model)
@@ -153,6 +162,22 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
         raise StudyError(f"study {name!r} was started from another train_{model} block ({'; '.join(changed[:3])}): "
                          "its trials are not comparable with new ones: name another study with --study")
     return study
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Close the trials left running by a process of this machine that no longer exists (killed by SIGKILL,
+    out of memory, a reboot): the journal file has no heartbeat, and a trial left running forever would count
+    as running in every report. Trials of other machines are left to their own (a database's heartbeat)."""
+    closed = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") != host or not isinstance(pid, int) or psutil.pid_exists(pid):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "error", f"its process ({pid}) ended without closing it")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        closed.append(trial.number)
+    return closed
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -175,6 +200,8 @@ class Objective:
         self.model, self.space, self.base, self.cfg, self.data, self.say = model, space, base, cfg, data, say
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())  # which process owns it (fail_stale_trials)
+        trial.set_user_attr("pid", os.getpid())
         values = sample(trial, self.space)
         block = trial_block(self.base, values, self.cfg, trial.number)
         trial.set_user_attr("seed", block["seed"])
