@@ -43,10 +43,10 @@ class Pruning:
     def line(self, max_epochs: int) -> str:
         total = self.complete + self.pruned + self.failed + self.running
         share = self.pruned / total if total else 0.0
-        saved = (f"; pruning saved {self.saved_epochs:.0f} of {self.saved_epochs + self.pruned_epochs:.0f} epochs of "
-                 f"the pruned trials, about {self.saved_seconds / 60:.0f} min at their pace "
-                 f"({self.saved_seconds / (self.spent_seconds + self.saved_seconds):.0%} of the search's training "
-                 f"time without pruning)" if self.pruned and self.spent_seconds else "")
+        saved = (f"; the pruned trials trained {self.pruned_epochs} of their {self.saved_epochs + self.pruned_epochs:.0f} "
+                 f"epochs: pruning saved {self.saved_epochs:.0f} epochs, about {self.saved_seconds / 60:.0f} min at their "
+                 f"pace ({self.saved_seconds / (self.spent_seconds + self.saved_seconds):.0%} of what the search would "
+                 f"have trained without pruning)" if self.pruned and self.spent_seconds else "")
         return (f"{total} trials: {self.complete} finished, {self.pruned} pruned ({share:.0%}), {self.failed} failed"
                 + (f", {self.running} running" if self.running else "") + saved)
 
