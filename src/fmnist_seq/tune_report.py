@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shlex
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +197,10 @@ def queue_best(study: optuna.Study, count: int, epochs: int, cwd: Path | None = 
     queued = []
     for trial in finished(study)[:count]:
         command = exp_command(study, trial, epochs, queue=True)
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+        # The dvc and python3 of this environment, also when fmnist-tune is called as .venv/bin/fmnist-tune
+        # from a shell without the venv: the queue's worker runs the stages' `python3` from PATH.
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise StudyError(f"`{shell(command)}` failed: {detail[-1] if detail else result.returncode}")
