@@ -1,7 +1,9 @@
 """fmnist-tune's command line, in process: every mistake stops before any trial with one line naming it."""
 
 import threading
+import warnings
 
+import matplotlib.pyplot as plt
 import optuna
 import pytest
 import torch
@@ -10,7 +12,7 @@ import yaml
 from conftest import deep_update, prepare_synthetic, train_project
 from fmnist_seq import tune_cli
 from fmnist_seq.study import run_trials
-from fmnist_seq.tune_report import exp_args, yaml_value
+from fmnist_seq.tune_report import exp_args, tidy, yaml_value
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,20 @@ def test_jobs_draw_trials_from_one_pool_so_a_fast_job_takes_the_slack():
     slow_job.join()
     assert ran == {"slow": 1, "fast": 7}
     assert len(study.trials) == 8  # the run's budget, exactly
+
+
+@pytest.mark.parametrize("trials, legend", [(3, True), (13, False)])
+def test_the_per_epoch_picture_drops_a_legend_too_long_to_fit(trials, legend):
+    study = optuna.create_study(direction="maximize")
+    for n in range(trials):
+        trial = study.ask()
+        for epoch in range(3):
+            trial.report(0.5 + 0.01 * (n + epoch), epoch + 1)
+        study.tell(trial, 0.5 + 0.01 * n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's matplotlib backend is marked experimental
+        axes = optuna.visualization.matplotlib.plot_intermediate_values(study)
+    tidy(axes, "intermediate_values.png", trials)
+    assert (axes.get_legend() is not None) == legend
+    assert ("short lines pruned" in axes.get_title()) != legend
+    plt.close(axes.figure)

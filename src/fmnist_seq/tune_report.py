@@ -154,6 +154,18 @@ PICTURES = {
 }
 
 
+LEGEND_TRIALS = 12  # past this, a legend of one entry per trial runs off the figure and hides nothing useful
+
+
+def tidy(axes, name: str, trials: int) -> None:
+    """The per-epoch picture names every trial in its legend: past a dozen it runs off the picture (a 35-trial
+    study showed 24 of them), while the lines themselves say what matters, the short ones are pruned."""
+    legend = axes.get_legend() if hasattr(axes, "get_legend") else None
+    if name == "intermediate_values.png" and legend is not None and trials > LEGEND_TRIALS:
+        legend.remove()
+        axes.set_title(f"{axes.get_title()}: {trials} trials, the short lines pruned")
+
+
 def write_pictures(study: optuna.Study, folder: Path) -> dict[str, str]:
     """Each picture that the study's trials allow (importances need two finished trials); returns the
     reason for each one skipped."""
@@ -170,6 +182,7 @@ def write_pictures(study: optuna.Study, folder: Path) -> dict[str, str]:
                 skipped[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 (folder / name).unlink(missing_ok=True)
                 continue
+            tidy(axes, name, len(study.trials))
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(9, 5.5)
             figure.tight_layout()
