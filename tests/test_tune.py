@@ -84,7 +84,7 @@ def test_two_processes_share_one_study_in_the_journal_file(prepared, tmp_path):
     assert len((report / "trials.csv").read_text().splitlines()) == 7  # the header and every trial
     assert "retrain the best trial" in results[-1].stdout
 
-    # A rerun of the same command continues the study (here: one more trial, from two jobs' share of 1)
+    # A rerun of the same command continues the study (here: one more trial; of the two jobs, one finds the run's budget spent)
     again = run([*tune(folder, prepared, "--trials", "1", "--jobs", "2")], cwd=folder)
     assert "6 trials so far" in again.stdout
     assert len(optuna.load_study(study_name="gru", storage=journal(folder)).trials) == 7

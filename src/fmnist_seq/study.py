@@ -249,12 +249,20 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_trials(study: optuna.Study, objective: Objective, trials: int) -> None:
-    """`trials` trials in this process. A failed trial (refused params, divergence) is logged and the study
-    goes on; Ctrl-C stops after marking the running trial failed."""
+def run_trials(study: optuna.Study, objective: Objective, trials: int | None = None,
+               take: Callable[[], bool] | None = None) -> None:
+    """Trials in this process: `trials` of them, or one each time `take()` grants one (a budget shared with
+    other processes) until it refuses. A failed trial (refused params, divergence) is logged and the study goes
+    on; Ctrl-C stops after marking the running trial failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
-    study.optimize(objective, n_trials=trials, catch=(ParamsError, TrainingError), gc_after_trial=True,
-                   callbacks=[lambda study, _trial: study.stop() if stop_requested.is_set() else None])
+    def optimize(n: int) -> None:
+        study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True,
+                       callbacks=[lambda study, _trial: study.stop() if stop_requested.is_set() else None])
+    if take is None:
+        optimize(trials or 0)
+        return
+    while not stop_requested.is_set() and take():
+        optimize(1)
 
 
 def threads_per_job(jobs: int, cpus: int) -> int:

@@ -86,9 +86,10 @@ class _NotATerminal:
         return getattr(self._stream, name)
 
 
-def _job(job: int, jobs: int, trials: int, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
+def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
          space_name: str, base: dict, data_dir: Path, offset: int, cpus: int) -> None:
-    """One of several trial processes (started with spawn: a clean interpreter, no copied torch state)."""
+    """One of several trial processes (started with spawn: a clean interpreter, no copied torch state). It runs
+    trials while `tickets` (a semaphore shared by the jobs, one per trial of this run) has one to give."""
     from fmnist_seq.distributed import die_with_launcher
     die_with_launcher()  # never outlive the fmnist-tune that started it
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -102,7 +103,7 @@ def _job(job: int, jobs: int, trials: int, storage_url: str, study_name: str, cf
         study = open_study(study_name, storage, cfg, model, base, data.sha256, offset + job)
         prefix = f"[job {job + 1}/{jobs}] "
         objective = Objective(model, cfg.spaces[space_name], base, cfg, data, say=lambda s: print(prefix + s, flush=True))
-        run_trials(study, objective, trials)
+        run_trials(study, objective, take=lambda: tickets.acquire(block=False))
     except KeyboardInterrupt:
         sys.exit(130)
     except PipelineError as exc:
@@ -121,11 +122,6 @@ def _unraisable(info) -> None:
     # A stop that lands in a destructor is swallowed there (the trial notices it after its epoch): no traceback.
     if not isinstance(info.exc_value, KeyboardInterrupt):
         sys.__unraisablehook__(info)
-
-
-def shares(trials: int, jobs: int) -> list[int]:
-    """`trials` split over `jobs` processes as evenly as possible."""
-    return [trials // jobs + (i < trials % jobs) for i in range(jobs)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         if trials and args.jobs == 1:
             set_threads(1, cpus)
             study = open_study(study_name, storage, cfg, args.model, base, data.sha256, offset)
-            run_trials(study, Objective(args.model, space, base, cfg, data), trials)
+            run_trials(study, Objective(args.model, space, base, cfg, data), trials=trials)
         elif trials:
             interrupted = _run_jobs(args, cfg, trials, storage_url, study_name, space_name, base, offset, cpus)
     except KeyboardInterrupt:
@@ -175,9 +171,13 @@ def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_ur
               space_name: str, base: dict, offset: int, cpus: int) -> bool:
     """Start one process per job and wait; True when interrupted."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_job, args=(i, args.jobs, n, storage_url, study_name, cfg, args.model,
+    # One pool of trials for all jobs, not a fixed share each: trials differ in length several times over (a
+    # 64-wide RNN against a 2-layer bi-LSTM, a pruned trial against a finished one), and with fixed shares the
+    # job that drew the short ones sat idle while the other still had a queue.
+    tickets = context.Semaphore(trials)
+    processes = [context.Process(target=_job, args=(i, args.jobs, tickets, storage_url, study_name, cfg, args.model,
                                                     space_name, base, args.data, offset, cpus), name=f"job-{i + 1}")
-                 for i, n in enumerate(shares(trials, args.jobs)) if n]
+                 for i in range(min(args.jobs, trials))]
     for process in processes:
         process.start()
     try:
