@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
 import shutil
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, Iterable
@@ -24,6 +26,19 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
+def _unraisable(info) -> None:
+    # A stop raised inside a destructor (tqdm's __del__, a tensor's) cannot leave it: Python would print a
+    # traceback and the stage would train on until the launcher's SIGKILL. Deliver the signal again instead,
+    # from another thread a moment later: a handler run from here would raise inside this hook, and be lost too.
+    if isinstance(info.exc_value, KeyboardInterrupt):
+        name = info.exc_value.signal_name if isinstance(info.exc_value, Interrupted) else "SIGINT"
+        again = threading.Timer(0.01, _thread.interrupt_main, (signal.Signals[name],))
+        again.daemon = True
+        again.start()
+    else:
+        sys.__unraisablehook__(info)
+
+
 def run_stage(name: str, main: Callable[[], None], outputs: Iterable[str | Path],
               on_interrupt: Callable[[], str] | None = None, quiet_interrupt: bool = False) -> None:
     """Run `main`; on any failure remove `outputs` so no later run mistakes them for good ones.
@@ -34,6 +49,7 @@ def run_stage(name: str, main: Callable[[], None], outputs: Iterable[str | Path]
     """
     outputs = list(outputs)
     signal.signal(signal.SIGTERM, _interrupt)
+    sys.unraisablehook = _unraisable
     try:
         main()
     except PipelineError as exc:
