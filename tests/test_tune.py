@@ -108,8 +108,11 @@ def test_a_diverging_range_gives_failed_trials_and_the_study_goes_on(prepared, t
 def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepared, tmp_path, sig, to_group):
     """Ctrl-C in a terminal (SIGINT to the whole group), or `kill` of fmnist-tune alone (SIGTERM)."""
     folder = tune_project(tmp_path / "proj", epochs=4)
+    # As a terminal starts a command: SIGINT at its default. A shell's background job (`make test &`, a CI
+    # runner's) inherits SIGINT ignored, and Python then keeps ignoring it, as nohup'ed commands should.
     process = subprocess.Popen(tune(folder, prepared, "--trials", "200", "--jobs", "2"), cwd=folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until two trials have finished
