@@ -89,8 +89,12 @@ def test_a_killed_worker_stops_the_stage_within_seconds_and_a_rerun_succeeds(pre
     try:
         deadline = time.monotonic() + 120
         workers: dict[int, psutil.Process] = {}
-        while time.monotonic() < deadline and not (folder / "live" / "metrics.json").exists():
-            time.sleep(0.2)  # dvclive writes its summary after the first epoch: training is under way
+        # dvclive appends to the curves after each epoch (its summary, metrics.json, comes only at the end:
+        # waiting for that one sat out the whole deadline)
+        first_epoch = folder / "live" / "plots" / "metrics" / "train" / "loss.tsv"
+        while time.monotonic() < deadline and not first_epoch.exists():
+            time.sleep(0.2)
+        assert first_epoch.exists(), "no epoch finished within 120 s"
         workers = workers_of(psutil.Process(stage.pid))
         assert set(workers) == {0, 1}, "two workers should be training"
         workers[1].send_signal(signal.SIGKILL)
