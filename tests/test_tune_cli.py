@@ -152,3 +152,39 @@ def test_the_per_epoch_picture_drops_a_legend_too_long_to_fit(trials, legend):
     assert (axes.get_legend() is not None) == legend
     assert ("short lines pruned" in axes.get_title()) != legend
     plt.close(axes.figure)
+
+
+@pytest.mark.parametrize("stopped", [True, False], ids=["after-a-stop", "no-stop"])
+def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(monkeypatch, stopped):
+    """Ctrl-C in Optuna's journal-file lock release came out as FileNotFoundError (fresh-clone CI): after a stop
+    that is exit 130 without a traceback; without one, the error still surfaces."""
+    import signal
+    import sys
+
+    from fmnist_seq import distributed, study
+
+    def trial_in_the_lock(*_args, **_kwargs):
+        if stopped:
+            study.stop_requested.set()
+        raise FileNotFoundError("journal.log.lock...rename")
+
+    for name in ("load_prepared", "open_storage", "open_study", "Objective", "set_threads"):
+        monkeypatch.setattr(tune_cli, name, lambda *a, **k: type("Data", (), {"sha256": ""})())
+    monkeypatch.setattr(tune_cli, "run_trials", trial_in_the_lock)
+    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # restored after the test, like the handlers below
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cfg = type("Cfg", (), {"spaces": {"gru": None}})()
+    try:
+        if stopped:
+            with pytest.raises(SystemExit) as stop:
+                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 0, 2)
+            assert stop.value.code == 130
+        else:
+            with pytest.raises(FileNotFoundError):
+                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 0, 2)
+    finally:
+        study.stop_requested.clear()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

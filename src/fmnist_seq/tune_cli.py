@@ -95,6 +95,8 @@ def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: T
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sys.stderr = _NotATerminal(sys.stderr)
     signal.signal(signal.SIGTERM, _interrupt)  # from the parent: close the running trial as failed, then stop
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a terminal's Ctrl-C: the same (an ignored one stays so)
+        signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _unraisable
     set_threads(jobs, cpus)
     try:
@@ -109,6 +111,13 @@ def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: T
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except Exception:
+        # A stop that lands inside the storage's own clean-up comes out as another error: Optuna's journal lock,
+        # interrupted between unlinking its file and returning, unlinks it again (FileNotFoundError). Optuna has
+        # closed the trial as failed by then; after a stop, that is the stop, not a crash.
+        if not stop_requested.is_set():
+            raise
+        sys.exit(130)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
