@@ -1,21 +1,48 @@
-"""Atomic writes: a reader sees either the old file or the complete new one, never a partial one."""
+"""Atomic, durable writes: a reader sees either the old file (or folder) or the complete new one, never a partial
+one, and after a crash or power cut one complete version is on disk.
+
+A rename is atomic but not durable by itself: the new file's bytes must reach the disk before the rename (or a
+crash can leave the new name pointing at an empty file), and the folder that holds the name must be synced
+after it (or the rename itself can be lost).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2, Linux 3.15+)
+_AT_FDCWD = -100
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder's: its names) to the disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
 
 
 @contextmanager
@@ -29,24 +56,48 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        fsync_path(tmp_path)
         os.replace(tmp_path, dest)
+        fsync_path(dest.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the system cannot (then the caller renames)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28
+        return False
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
 @contextmanager
 def atomic_dir(dest: str | Path) -> Iterator[Path]:
-    """Yield an empty staging folder beside `dest`; it replaces `dest` only if the block succeeds."""
+    """Yield an empty staging folder beside `dest`; it replaces `dest` only if the block succeeds.
+
+    The old folder is swapped out in one step (or, where that is impossible, renamed aside first) and deleted
+    only once the new one is in place, so a crash at any moment leaves one complete version under a known name.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    old = staging  # after a swap, the staging name holds the old folder
     try:
         yield staging
         staging.chmod(0o777 & ~_umask())
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
+        _fsync_tree(staging)
+        if not dest.exists():
+            os.replace(staging, dest)
+        elif not _exchange(staging, dest):
+            old = staging.with_name(staging.name + ".old")
+            os.replace(dest, old)
+            os.replace(staging, dest)
+        fsync_path(dest.parent)
     finally:
+        shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
 
 
