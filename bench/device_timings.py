@@ -35,9 +35,9 @@ import torch
 
 from fmnist_seq.config import PrepareConfig, TrainConfig, load_block, load_seed
 from fmnist_seq.data import RAW_FILES, Normalization, prepare_splits, read_raw
-from fmnist_seq.distributed import resolve_device
+from fmnist_seq.distributed import Worker, resolve_device
 from fmnist_seq.models import predict_logits
-from fmnist_seq.training import fit
+from fmnist_seq.training import TrainingJob, fit
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -66,9 +66,10 @@ def cpu_reference(name: str) -> dict:
     return out
 
 
-def first_epoch_losses(cfg: TrainConfig, splits: dict, norm: Normalization, seed: int) -> tuple[float, float]:
-    record = fit(dataclasses.replace(cfg, epochs=1), splits["train"], splits["valid"], norm, seed,
-                 log=lambda _: None).history[0]
+def first_epoch_losses(cfg: TrainConfig, splits: dict, norm: Normalization, seed: int,
+                       device: torch.device) -> tuple[float, float]:
+    record = fit(TrainingJob(dataclasses.replace(cfg, epochs=1), splits["train"], splits["valid"], norm, seed,
+                             Worker(device=device)), log=lambda _: None).history[0]
     return record.train_loss, record.valid_loss
 
 
@@ -97,7 +98,7 @@ def main() -> None:
         cfg = dataclasses.replace(load_block(TrainConfig, f"train_{name}"), device=device.type)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
-        result = fit(cfg, splits["train"], splits["valid"], norm, seed,
+        result = fit(TrainingJob(cfg, splits["train"], splits["valid"], norm, seed, Worker(device=device)),
                      log=lambda line: print(f"{name}: {line}", flush=True))
         seconds = result.history[-1].elapsed_s  # the epochs alone, as the stages' train_seconds counts them
         predicted = predict_logits(result.model, splits["test"].images, 1024).argmax(1)
@@ -108,7 +109,7 @@ def main() -> None:
                "selected_epoch": result.selected_epoch, "test_accuracy": round(test_acc, 4),
                "cpu_reference": cpu_reference(name)}
         if args.repeat:
-            a, b = first_epoch_losses(cfg, splits, norm, seed), first_epoch_losses(cfg, splits, norm, seed)
+            a, b = (first_epoch_losses(cfg, splits, norm, seed, device), first_epoch_losses(cfg, splits, norm, seed, device))
             row["repeat_max_abs_diff"] = max(abs(x - y) for x, y in zip(a, b))
         print(json.dumps(row), flush=True)
         results.append(row)

@@ -32,7 +32,7 @@ from fmnist_seq.data import RAW_FILES, Normalization, Split, prepare_splits, rea
 from fmnist_seq.download import fetch_all
 from fmnist_seq.onnx_export import export_checkpoint
 from fmnist_seq.quantization import quantize_checked
-from fmnist_seq.training import fit
+from fmnist_seq.training import TrainingJob, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -308,7 +308,7 @@ def train_tiny(name: str, train: Split, valid: Split, path: Path, epochs: int = 
     """Train one of MODELS the way the training stage does and save its checkpoint at `path`."""
     cfg = TrainConfig(model=MODELS[name], lr=0.01, schedule="onecycle", epochs=epochs, batch_size=32, device="cpu",
                       workers=1)
-    result = fit(cfg, train, valid, NORM, seed=0, log=lambda _: None)
+    result = fit(TrainingJob(cfg, train, valid, NORM, 0), log=lambda _: None)
     save_checkpoint(path, result.model, as_dict(cfg), result.selected_epoch,
                     {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
                     [r.results() for r in result.history])

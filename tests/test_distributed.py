@@ -17,7 +17,7 @@ from conftest import prepare_synthetic, train_command, train_project as project,
 from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.config import TrainConfig, build
 from fmnist_seq.data import load_normalization, load_split
-from fmnist_seq.training import fit
+from fmnist_seq.training import TrainingJob, fit
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +49,8 @@ def test_one_worker_is_a_plain_single_process_run(prepared, tmp_path):
     assert json.loads((folder / "timings.json").read_text())["workers"] == 1
     cfg = build(TrainConfig, yaml.safe_load((folder / "params.yaml").read_text())["train_gru"], "train_gru")
     seed = yaml.safe_load((folder / "params.yaml").read_text())["seed"]
-    direct = fit(cfg, load_split(prepared, "train"), load_split(prepared, "valid"), load_normalization(prepared),
-                 seed, log=lambda _: None)
+    direct = fit(TrainingJob(cfg, load_split(prepared, "train"), load_split(prepared, "valid"),
+                             load_normalization(prepared), seed), log=lambda _: None)
     staged = load_checkpoint(folder / "gru.pt")
     for key, value in direct.model.state_dict().items():
         assert torch.equal(value, staged.model.state_dict()[key]), key

@@ -165,6 +165,6 @@ def test_a_run_with_other_params_starts_afresh_and_says_why(prepared, tmp_path):
     train_project(folder, workers=1, **{**RUN, "lr": 0.02})
     result = train_stage(folder, prepared)
     assert result.returncode == 0, result.stderr
-    assert f"train_gru: not resuming {stale}: train_gru.lr 0.01 -> 0.02; starting afresh" in result.stdout
+    assert f"train_gru: not resuming {stale}: train_gru.lr: 0.01 -> 0.02; starting afresh" in result.stdout
     assert "resuming at" not in result.stdout.replace("not resuming", "")
     assert snapshots_in(folder) == []

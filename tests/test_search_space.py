@@ -56,7 +56,7 @@ def test_a_bad_space_is_a_params_error_naming_the_key(params, message):
     ({"trials": 0}, "tune.trials"),
     ({"epochs": float("inf")}, "tune.epochs"),
     ({"spaces": {}}, "tune.spaces"),
-    ({"spaces": {"gru": {"model": "lstm", "params": {"lr": {"low": 0.1, "high": 1}}}}}, "tune.spaces.gru.model"),
+    ({"spaces": {"gru": {"model": "cnn", "params": {"lr": {"low": 0.1, "high": 1}}}}}, "tune.spaces.gru.model"),
     ({"budget": 3}, "unknown key tune.budget"),
 ])
 def test_bad_settings_are_params_errors(change, message):

@@ -1,6 +1,9 @@
 """Snapshots: a fit resumed from one ends exactly where an uninterrupted fit does; another run's snapshot, or a
-broken one, is never used, and says why."""
+broken one, is never used, and says why; a live run's snapshot is never cleared by another run."""
 
+import subprocess
+import sys
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -8,9 +11,9 @@ import pytest
 import torch
 
 from conftest import NORM, easy_split
-from fmnist_seq.config import ModelConfig, TrainConfig, as_dict
+from fmnist_seq.config import AugmentConfig, ModelConfig, TrainConfig, as_dict
 from fmnist_seq.snapshot import DEFAULT_FOLDER, SNAPSHOTS_ENV, RunKey, Snapshots, snapshot_folder
-from fmnist_seq.training import fit
+from fmnist_seq.training import TrainingJob, fit
 
 CFG = TrainConfig(model=ModelConfig(cell="gru", hidden_size=8, num_layers=2, dropout=0.2), optimizer="adamw", lr=0.01,
                   schedule="onecycle", batch_size=32, epochs=4, patience=0, grad_clip=1.0, label_smoothing=0.05,
@@ -22,10 +25,11 @@ class Killed(Exception):
     """Stands in for a kill: training stops in the middle of an epoch, after the previous one was saved."""
 
 
-def run_key(tmp_path: Path, cfg: TrainConfig = CFG, seed: int = 0, data: bytes = b"prepared") -> RunKey:
+def run_key(tmp_path: Path, cfg: TrainConfig = CFG, seed: int = 0, data: bytes = b"prepared",
+            device: torch.device = torch.device("cpu")) -> RunKey:
     (tmp_path / "train.pt").write_bytes(data)
     (tmp_path / "code.py").write_text("code")
-    return RunKey.of("train_gru", as_dict(cfg), seed, 1, [tmp_path / "train.pt"], [str(tmp_path / "code.py")])
+    return RunKey.of("train_gru", cfg, seed, device, 1, [tmp_path / "train.pt"], [str(tmp_path / "code.py")])
 
 
 def train(snapshots: Snapshots | None = None, kill_in_epoch: int | None = None, cfg: TrainConfig = CFG,
@@ -38,7 +42,8 @@ def train(snapshots: Snapshots | None = None, kill_in_epoch: int | None = None, 
         if record.epoch == kill_in_epoch:  # before the epoch's snapshot: the kill lands inside the epoch
             raise Killed
 
-    return fit(cfg, TRAIN, VALID, NORM, seed, on_epoch=on_epoch, log=lambda _: None, snapshots=snapshots), seen
+    return fit(TrainingJob(cfg, TRAIN, VALID, NORM, seed), on_epoch=on_epoch, log=lambda _: None,
+               snapshots=snapshots), seen
 
 
 def assert_same_run(a, b) -> None:
@@ -64,6 +69,18 @@ def test_a_resumed_fit_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"train_gru: resuming at epoch 3 of 4 from {snapshots.path}")
 
 
+def test_a_resumed_fit_with_augmentation_draws_the_same_changes(tmp_path):
+    """The augmentation's random stream is part of the state: a resumed run changes its images as an
+    uninterrupted one does."""
+    changed = replace(CFG, augment=AugmentConfig(flip=0.5, shift=1))
+    reference, _ = train(cfg=changed)
+    snapshots = Snapshots(run_key(tmp_path, changed), tmp_path / "snapshots", log=lambda _: None)
+    with pytest.raises(Killed):
+        train(snapshots, kill_in_epoch=3, cfg=changed)
+    resumed, _ = train(snapshots, cfg=changed)
+    assert_same_run(resumed, reference)
+
+
 def test_a_run_killed_after_its_last_epoch_resumes_to_the_same_result(tmp_path):
     reference, _ = train()
     snapshots = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lambda _: None)
@@ -75,9 +92,9 @@ def test_a_run_killed_after_its_last_epoch_resumes_to_the_same_result(tmp_path):
 
 
 @pytest.mark.parametrize("change, reason", [
-    ({"cfg": replace(CFG, lr=0.02)}, "train_gru.lr 0.01 -> 0.02"),
+    ({"cfg": replace(CFG, lr=0.02)}, "train_gru.lr: 0.01 -> 0.02"),
     ({"seed": 1}, "seed 0 -> 1"),
-    ({"data": b"other prepared data"}, "prepared data (train.pt) changed"),
+    ({"data": b"other prepared data"}, "input (train.pt) changed"),
 ], ids=["lr", "seed", "data"])
 def test_another_runs_snapshot_is_not_resumed_and_says_why(tmp_path, change, reason):
     stale = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lambda _: None)
@@ -97,13 +114,106 @@ def test_another_runs_snapshot_is_not_resumed_and_says_why(tmp_path, change, rea
 def test_changed_code_is_named(tmp_path):
     key = run_key(tmp_path)
     (tmp_path / "code.py").write_text("other code")
-    other = RunKey.of("train_gru", as_dict(CFG), 0, 1, [tmp_path / "train.pt"], [str(tmp_path / "code.py")])
+    other = RunKey.of("train_gru", CFG, 0, torch.device("cpu"), 1, [tmp_path / "train.pt"], [str(tmp_path / "code.py")])
     assert other.digest != key.digest
     assert other.differences(asdict(key)) == [f"code ({tmp_path / 'code.py'}) changed"]
 
 
 def test_max_restarts_is_not_part_of_the_key(tmp_path):
     assert run_key(tmp_path, replace(CFG, max_restarts=0)).digest == run_key(tmp_path, replace(CFG, max_restarts=5)).digest
+
+
+def test_a_cuda_snapshot_is_not_resumed_on_the_cpu_nor_under_another_torch(tmp_path, monkeypatch):
+    """The CUDA random state and kernels are not the CPU's: the resolved device and torch's version are in the key."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    cpu, cuda = run_key(tmp_path), run_key(tmp_path, device=torch.device("cuda"))
+    assert cuda.device == "cuda (NVIDIA H200)" and cpu.device == "cpu" and cpu.torch == torch.__version__
+    assert cpu.digest != cuda.digest
+    assert cpu.differences(asdict(cuda)) == ["device 'cuda (NVIDIA H200)' -> 'cpu'"]
+    older = replace(cpu, torch="2.13.0")
+    assert older.digest != cpu.digest and cpu.differences(asdict(older)) == [f"torch '2.13.0' -> {torch.__version__!r}"]
+
+    saved_on_gpu = Snapshots(cuda, tmp_path / "snapshots", log=lambda _: None)
+    saved_on_gpu.save({"epoch": 2})
+    lines: list[str] = []
+    assert Snapshots(cpu, tmp_path / "snapshots", log=lines.append).load() is None
+    assert lines == [f"train_gru: not resuming {saved_on_gpu.path}: device 'cuda (NVIDIA H200)' -> 'cpu'; starting afresh"]
+
+
+HOLD = """
+import sys, torch
+from pathlib import Path
+from fmnist_seq.config import ModelConfig, TrainConfig
+from fmnist_seq.snapshot import RunKey, Snapshots
+tmp = Path(sys.argv[1])
+cfg = TrainConfig(model=ModelConfig(cell="gru", hidden_size=8, num_layers=2, dropout=0.2), optimizer="adamw", lr=0.01,
+                  schedule="onecycle", batch_size=32, epochs=4, patience=0, grad_clip=1.0, label_smoothing=0.05,
+                  device="cpu", workers=1)
+key = RunKey.of("train_gru", cfg, 0, torch.device("cpu"), 1, [tmp / "train.pt"], [str(tmp / "code.py")])
+snapshots = Snapshots(key, tmp / "snapshots")
+with snapshots.held():
+    snapshots.save({"epoch": 1})
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin, or kills this process
+"""
+
+
+def hold_in_another_process(tmp_path: Path) -> subprocess.Popen:
+    """A live run of CFG (seed 0) in a process of its own, as a second `dvc queue` worker would be."""
+    run_key(tmp_path)
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "held\n", "the holder exited before taking its lock"
+    return process
+
+
+def test_a_live_runs_snapshot_is_never_cleared_by_another_run(tmp_path):
+    live = hold_in_another_process(tmp_path)
+    try:
+        live_snapshot = Snapshots(run_key(tmp_path), tmp_path / "snapshots").path
+        other = Snapshots(run_key(tmp_path, replace(CFG, lr=0.02)), tmp_path / "snapshots", log=lambda _: None)
+        with other.held():
+            train(other, cfg=replace(CFG, lr=0.02))  # its first save clears the stage's stale snapshots only
+        assert live_snapshot.exists() and other.path.exists()
+    finally:
+        live.kill()  # SIGKILL: the kernel releases the lock, so the snapshot is a dead run's from now on
+        live.wait()
+    third = Snapshots(run_key(tmp_path, replace(CFG, lr=0.03)), tmp_path / "snapshots", log=lambda _: None)
+    with third.held():
+        train(third, cfg=replace(CFG, lr=0.03))
+    assert not live_snapshot.exists() and not Snapshots.lock_of(live_snapshot).exists()
+    assert not other.path.exists()  # `other` ended without removing its snapshot: nobody holds it, so it goes
+
+
+def test_a_second_run_with_the_same_key_waits_for_the_first(tmp_path):
+    live = hold_in_another_process(tmp_path)
+    lines: list[str] = []
+    waiting, acquired = threading.Event(), threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        waiting.set()
+
+    def second() -> None:
+        with Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=log).held():
+            acquired.set()
+    thread = threading.Thread(target=second, daemon=True)
+    thread.start()
+    try:
+        assert waiting.wait(timeout=60) and not acquired.is_set()
+        assert "another run with the same params is training" in lines[0] and "waiting for it to end" in lines[0]
+    finally:
+        live.kill()
+        live.wait()
+    thread.join(timeout=60)
+    assert acquired.is_set()
+
+
+def test_a_snapshot_that_vanishes_while_listed_is_no_error(tmp_path, monkeypatch):
+    """Another run may clear or finish its snapshot between the listing and the look at it."""
+    snapshots = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lambda _: None)
+    monkeypatch.setattr(Snapshots, "_others", lambda self: [self.folder / "train_gru-gone.pt"])
+    assert snapshots.load() is None
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "pickled object"])
@@ -125,6 +235,8 @@ def test_a_broken_snapshot_warns_in_one_line_and_training_starts_afresh(tmp_path
     assert_same_run(result, reference)
     assert len(lines) == 1 and lines[0].startswith(f"train_gru: warning: ignoring unreadable snapshot {snapshots.path}")
     assert lines[0].endswith("starting afresh") and "\n" not in lines[0]
+    aside = list(snapshots.folder.glob(f"{snapshots.path.stem}.unreadable-*.pt"))  # kept for inspection, and named
+    assert len(aside) == 1 and f"kept as {aside[0]} for inspection" in lines[0]
 
 
 def test_remove_leaves_nothing_behind(tmp_path):

@@ -5,11 +5,12 @@ import torch
 
 from conftest import NORM, easy_split
 from fmnist_seq.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from fmnist_seq.config import ModelConfig, TrainConfig, as_dict
+from fmnist_seq.config import AugmentConfig, DistillConfig, ModelConfig, TrainConfig, as_dict, build
 from fmnist_seq.data import Normalization, Split
-from fmnist_seq.errors import CheckpointError, TrainingError
-from fmnist_seq.models import SequenceClassifier, count_parameters, forward_flops, predict_logits
-from fmnist_seq.training import EarlyStopping, fit, global_batches, seed_everything
+from fmnist_seq.errors import CheckpointError, ParamsError, TrainingError
+from fmnist_seq.models import (Classifier, ConvClassifier, SequenceClassifier, count_parameters, forward_flops,
+                               predict_logits)
+from fmnist_seq.training import EarlyStopping, TrainingJob, fit, global_batches, seed_everything
 
 
 RNN = ModelConfig(cell="rnn", hidden_size=16, num_layers=1, bidirectional=True, head="all_steps", head_hidden=32,
@@ -27,7 +28,7 @@ def cfg(model: ModelConfig, **overrides) -> TrainConfig:
 
 
 def train(config: TrainConfig, train_split: Split = TRAIN, seed: int = 0):
-    return fit(config, train_split, VALID, NORM, seed=seed, log=quiet)
+    return fit(TrainingJob(config, train_split, VALID, NORM, seed), log=quiet)
 
 
 def quiet(_: str) -> None:
@@ -80,7 +81,7 @@ def test_fit_stops_early_and_keeps_selected_weights():
 def test_non_finite_loss_stops_with_the_epoch():
     broken = Normalization(mean=0.0, std=0.0)  # 0/0 for background pixels: NaN inputs, NaN loss
     with pytest.raises(TrainingError, match=r"training loss became nan in epoch 1: training diverged"):
-        fit(cfg(GRU, epochs=2), TRAIN, VALID, broken, seed=0, log=quiet)
+        fit(TrainingJob(cfg(GRU, epochs=2), TRAIN, VALID, broken, 0), log=quiet)
 
 
 def test_global_batches_cover_the_epoch_and_drop_only_a_too_small_tail():
@@ -187,3 +188,69 @@ def test_cublas_workspace_is_fixed_before_cuda_training(monkeypatch):
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(True)
+
+
+# --- the CNN teacher and distillation -------------------------------------------------------------------------
+
+TEACHER = ModelConfig(cell="cnn", hidden_size=4, num_layers=2, head="all_steps", head_hidden=16, dropout=0.1)
+
+
+def test_a_cnn_teacher_trains_and_checkpoints_like_any_model(tmp_path):
+    result = train(cfg(TEACHER, epochs=4))
+    assert result.selected.valid_accuracy >= 0.6
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, result.model, as_dict(cfg(TEACHER)), result.selected_epoch,
+                    {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy}, [])
+    ckpt = load_checkpoint(path, TEACHER)
+    assert isinstance(ckpt.model, ConvClassifier)
+    assert torch.equal(predict_logits(ckpt.model, VALID.images, 50), predict_logits(result.model, VALID.images, 50))
+    # 28 -> 14 -> 7: conv 1->4 on 28x28, conv 4->8 on 14x14, then the head on 8 x 7 x 7 positions
+    assert forward_flops(TEACHER) == 2 * (28 * 28 * 1 * 4 * 9 + 14 * 14 * 4 * 8 * 9 + 8 * 7 * 7 * 16 + 16 * 10)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bidirectional": True}, "cell cnn takes head: all_steps and bidirectional: false"),
+    ({"head": "last_step"}, "cell cnn takes head: all_steps and bidirectional: false"),
+    ({"num_layers": 5}, "teacher.model.num_layers = 5 is out of range for cell cnn: must be <= 4"),
+])
+def test_a_cnn_has_no_steps_directions_or_sixth_halving(change, message):
+    with pytest.raises(ParamsError, match=message):
+        build(ModelConfig, {**as_dict(TEACHER), **change}, "teacher.model")
+
+
+class ConstantTeacher(Classifier):
+    """A teacher that is sure of one class whatever it sees."""
+
+    def __init__(self, favourite: int) -> None:
+        super().__init__(TEACHER, 0.0, 1.0)
+        self.logits = torch.full((10,), -5.0)
+        self.logits[favourite] = 5.0
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), 10)
+
+
+def test_distillation_learns_the_teachers_probabilities():
+    """With all the weight on the teacher, the student follows it, not the labels: here, to one class."""
+    distilled = cfg(GRU, epochs=3, distill=DistillConfig(alpha=1.0, temperature=2.0))
+    result = fit(TrainingJob(distilled, TRAIN, VALID, NORM, 0, teacher=ConstantTeacher(3)), log=quiet)
+    predicted = predict_logits(result.model, VALID.images, 50).argmax(1)
+    assert (predicted == 3).float().mean() > 0.9
+    half = fit(TrainingJob(cfg(GRU, epochs=3, distill=DistillConfig(alpha=0.5)), TRAIN, VALID, NORM, 0,
+                           teacher=ConstantTeacher(3)), log=quiet)
+    plain = train(cfg(GRU, epochs=3))
+    assert [r.train_loss for r in half.history] != [r.train_loss for r in plain.history]
+
+
+def test_distillation_without_a_teacher_says_how_to_give_one():
+    with pytest.raises(TrainingError, match="distill.alpha is 0.5 but no teacher was given: pass the training stage"):
+        train(cfg(GRU, epochs=1, distill=DistillConfig(alpha=0.5)))
+    with pytest.raises(ParamsError, match="teacher's probabilities are computed once, on the unchanged"):
+        build(TrainConfig, {**as_dict(cfg(GRU)), "distill": {"alpha": 0.5}, "augment": {"flip": 0.5}}, "train_lstm")
+
+
+def test_augmentation_changes_what_is_learned_and_is_reproducible():
+    changed = cfg(GRU, epochs=2, augment=AugmentConfig(flip=0.5, shift=1))
+    a, b, plain = train(changed), train(changed), train(cfg(GRU, epochs=2))
+    assert [r.train_loss for r in a.history] == [r.train_loss for r in b.history]
+    assert [r.train_loss for r in a.history] != [r.train_loss for r in plain.history]

@@ -12,7 +12,7 @@ import torch
 from fmnist_seq.atomic import write_torch
 from fmnist_seq.config import ModelConfig, as_dict, build
 from fmnist_seq.errors import CheckpointError, ParamsError
-from fmnist_seq.models import SequenceClassifier
+from fmnist_seq.models import Classifier, build_model
 
 # 2: uint8 input, the normalization statistics are buffers in the state dict.
 FORMAT_VERSION = 2
@@ -20,7 +20,7 @@ FORMAT_VERSION = 2
 
 @dataclass
 class Checkpoint:
-    model: SequenceClassifier  # in eval mode, normalization included
+    model: Classifier  # in eval mode, normalization included
     model_config: ModelConfig
     selected_epoch: int
     valid: dict[str, float]  # loss and accuracy of the selected epoch
@@ -28,7 +28,7 @@ class Checkpoint:
     history: list[dict[str, float]]  # per epoch: losses, accuracies, lr (no timings: see timings.json)
 
 
-def save_checkpoint(path: str | Path, model: SequenceClassifier, train_params: dict[str, Any], selected_epoch: int,
+def save_checkpoint(path: str | Path, model: Classifier, train_params: dict[str, Any], selected_epoch: int,
                     valid: dict[str, float], history: list[dict[str, float]]) -> None:
     blob = {
         "format_version": FORMAT_VERSION,
@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path, expected: ModelConfig | None = None) -> Ch
                  for k in as_dict(expected) if getattr(stored, k) != getattr(expected, k)]
         raise CheckpointError(f"{path} was trained with another architecture than params.yaml says ("
                               + "; ".join(diffs) + "): rerun its training stage (`dvc repro`)")
-    model = SequenceClassifier(stored, mean=0.0, std=1.0)  # the real statistics come with the state dict
+    model = build_model(stored, mean=0.0, std=1.0)  # the real statistics come with the state dict
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -17,18 +17,30 @@ from typing import Any, Literal, Mapping, Optional, TypeVar, Union, get_args, ge
 
 from fmnist_seq.errors import ParamsError
 
+# The models the pipeline ships (evaluated, exported).
 MODEL_NAMES: tuple[str, ...] = ("rnn", "gru")
+# What the training stage trains: the shipped models and the CNN that teaches the lstm (never shipped).
+TRAINED_NAMES: tuple[str, ...] = (*MODEL_NAMES, "teacher")
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]  # a tuple subscript is Literal's own several-values form
 PARAMS_FILE = "params.yaml"
 # torch seeds are 64-bit; a worker seeds its dropout with seed + rank, so the seed stays within int64.
 MAX_SEED = 2**63 - 1
 
 T = TypeVar("T")
 
+# How a training key bears on a run's numbers: declared once, on the fields below, and read by the snapshot key
+# (snapshot.py), the keys a search may sample (search_space.py) and a study's identity (study.py).
+RECIPE = "recipe"  # what is learned: in every run's key and a study's identity; a search may sample it
+PER_RUN = "per_run"  # changes the numbers, but each trial sets its own (epochs, seed): in the run key only
+PLACEMENT = "placement"  # where and how parallel (device, workers): the run key holds the resolved value instead
+OPERATION = "operation"  # how a run is carried out, never its numbers (max_restarts): in no key
+
 
 def _spec(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-          lt: float | None = None, le: float | None = None, nonempty: bool = False, pattern: str | None = None) -> Any:
-    """A dataclass field whose metadata carries the range check applied when params are loaded."""
-    meta = {"ge": ge, "gt": gt, "lt": lt, "le": le, "nonempty": nonempty, "pattern": pattern}
+          lt: float | None = None, le: float | None = None, nonempty: bool = False, pattern: str | None = None,
+          role: str = RECIPE) -> Any:
+    """A dataclass field whose metadata carries the range check applied when params are loaded, and its role."""
+    meta = {"ge": ge, "gt": gt, "lt": lt, "le": le, "nonempty": nonempty, "pattern": pattern, "role": role}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,9 +71,12 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of one sequence classifier (each image row is one time step)."""
+    """Architecture of one classifier: a sequence classifier (each image row is one time step), or a small CNN
+    (`cell: cnn`), which only ever teaches one during training."""
 
-    cell: Literal["rnn", "gru", "lstm"]
+    # cnn: num_layers blocks of 3x3 conv + BatchNorm + ReLU + 2x2 max-pool, the first hidden_size channels wide,
+    # each next one twice as wide, then the all_steps head over every position of the last feature map.
+    cell: Literal["rnn", "gru", "lstm", "cnn"]
     # Upper bounds far past anything that trains here: a stray zero or two stops with a message, not a
     # multi-gigabyte allocation.
     hidden_size: int = _spec(128, ge=1, le=4096)
@@ -75,6 +90,37 @@ class ModelConfig:
     dropout: float = _spec(0.0, ge=0, lt=1)
     layer_dropout: float = _spec(0.0, ge=0, lt=1)
 
+    def check(self, where: str) -> None:
+        if self.cell != "cnn":
+            return
+        if self.head != "all_steps" or self.bidirectional:
+            raise ParamsError(f"params.yaml: {where}: cell cnn takes head: all_steps and bidirectional: false (a CNN "
+                              f"has no steps or directions), got head {self.head}, bidirectional {self.bidirectional}")
+        if self.num_layers > 4:
+            raise ParamsError(f"params.yaml: {where}.num_layers = {self.num_layers} is out of range for cell cnn: "
+                              "must be <= 4 (each block halves the 28-pixel side: 14, 7, 3, 1)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes to each training image, drawn anew every epoch; off (0) by default."""
+
+    flip: float = _spec(0.0, ge=0, le=1)  # probability of mirroring an image left to right
+    shift: int = _spec(0, ge=0, le=4)  # at most this many pixels up/down and left/right (zeros fill in)
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip > 0 or self.shift > 0
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation: the loss also pulls the model's softened probabilities towards a teacher's, on the
+    unchanged training images. alpha 0 turns it off; the stage then needs no teacher."""
+
+    alpha: float = _spec(0.0, ge=0, le=1)  # the teacher term's weight; the labels' is 1 - alpha
+    temperature: float = _spec(4.0, gt=0, le=100)  # softening of both distributions (the term is scaled by T^2)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -85,25 +131,31 @@ class TrainConfig:
     schedule: Literal["constant", "onecycle", "cosine"] = "constant"
     warmup: float = _spec(0.3, gt=0, lt=1)  # onecycle: share of the steps spent rising to the peak lr
     batch_size: int = _spec(128, ge=1)
-    epochs: int = _spec(10, ge=1)
+    epochs: int = _spec(10, ge=1, role=PER_RUN)
     patience: int = _spec(3, ge=0)  # 0 turns early stopping off
     grad_clip: float = _spec(0.0, ge=0)  # 0 turns clipping off
     label_smoothing: float = _spec(0.0, ge=0, lt=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = _spec("auto", role=PLACEMENT)
     # Data-parallel training processes: auto = one per physical core (within the CPU quota) on the CPU, one per
     # GPU on CUDA, never more than batch_size.
     # batch_size stays the global batch, split across workers, so lr keeps its meaning at any count.
-    workers: Union[int, Literal["auto"]] = _spec("auto", ge=1)
+    workers: Union[int, Literal["auto"]] = _spec("auto", ge=1, role=PLACEMENT)
     # With several workers: how often the launcher restarts them all after one dies (killed, out of memory);
     # they resume from the last finished epoch. 0: the first failure fails the stage.
-    max_restarts: int = _spec(2, ge=0)
+    max_restarts: int = _spec(2, ge=0, role=OPERATION)
     # The training's own seed (initial weights, shuffling, dropout); None: the project's `seed`. The split
     # always follows the project's seed, so trials with other training seeds share one validation set.
-    seed: Optional[int] = _spec(None, ge=0, le=MAX_SEED)
+    seed: Optional[int] = _spec(None, ge=0, le=MAX_SEED, role=PER_RUN)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def check(self, where: str) -> None:
         if isinstance(self.workers, int):
             check_workers(self.workers, self.batch_size, where)
+        if self.distill.alpha > 0 and self.augment.enabled:
+            raise ParamsError(f"params.yaml: {where}: distill.alpha = {self.distill.alpha} with augment on: the "
+                              "teacher's probabilities are computed once, on the unchanged training images; set "
+                              f"{where}.augment.flip and .shift to 0, or distill.alpha to 0")
 
 
 def check_workers(workers: int, batch_size: int, where: str, resolved_from: str | None = None) -> None:
@@ -125,7 +177,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    models: list[Literal["rnn", "gru"]] = _spec(nonempty=True)
+    models: list[ModelName] = _spec(nonempty=True)
     exporters: dict[str, Literal["dynamo", "legacy"]] = _spec(nonempty=True)
     opset: int = _spec(18, ge=14)
     max_logit_diff: float = _spec(1e-4, gt=0)
@@ -134,7 +186,7 @@ class ExportConfig:
     bench_seconds: float = _spec(3.0, gt=0, le=3600)
     # Models that also get an int8 variant: quantize_dynamic shrinks MatMul/Gemm weights but leaves RNN/GRU
     # nodes alone, so it helps the RNN's large Linear and does nothing for the GRU.
-    quantize: list[Literal["rnn", "gru"]] = _spec([])
+    quantize: list[ModelName] = _spec([])
     quantize_max_accuracy_drop: float = _spec(0.002, ge=0, lt=1)
 
 
@@ -332,4 +384,40 @@ def load_export(path: str | Path = PARAMS_FILE) -> ExportConfig:
 def as_dict(cfg: Any) -> dict[str, Any]:
     """Plain-data form of a config, for checkpoints and ONNX metadata."""
     return dataclasses.asdict(cfg)
+
+
+def keys_with_role(cls: type, *roles: str, prefix: str = "") -> list[str]:
+    """The dotted keys of `cls` (nested configs included) whose declared role is one of `roles`."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += keys_with_role(hints[f.name], *roles, prefix=f"{prefix}{f.name}.")
+        elif f.metadata.get("role", RECIPE) in roles:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'cell': 'gru'}} -> {'model.cell': 'gru'}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], keys: list[str] | None = None) -> list[str]:
+    """`key: old -> new` for each dotted key (of `keys`, or of either mapping) whose value differs."""
+    a, b = flatten(old), flatten(new)
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in (keys if keys is not None else sorted({*a, *b}))
+            if a.get(key) != b.get(key)]
+
+
+def restricted(values: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The flat {dotted key: value} of `values` for `keys` (a key absent from `values` is left out)."""
+    flat = flatten(values)
+    return {key: flat[key] for key in keys if key in flat}
 

@@ -1,4 +1,6 @@
-"""The sequence classifiers: each 28x28 image is 28 steps (rows) of 28 features (pixels), uint8 in, logits out.
+"""The classifiers: uint8 pixels in, logits out. The sequence classifiers read each 28x28 image as 28 steps
+(rows) of 28 features (pixels); a small CNN, which sees the whole image at once, serves only as a distillation
+teacher for them during training (it is never exported).
 
 A model owns its input normalization (the train split's statistics, as buffers saved in its checkpoint), so
 training, evaluation, export and the ONNX graph all feed it raw pixels.
@@ -14,8 +16,8 @@ from fmnist_seq.config import ModelConfig
 
 
 
-class SequenceClassifier(nn.Module):
-    """Pixel normalization, a recurrent encoder over image rows, then one of the heads of `ModelConfig.head`."""
+class Classifier(nn.Module):
+    """What every model shares: its config and its pixel normalization; subclasses define `classify`."""
 
     def __init__(self, cfg: ModelConfig, mean: float, std: float) -> None:
         super().__init__()
@@ -23,28 +25,6 @@ class SequenceClassifier(nn.Module):
         # float32 buffers: the same arithmetic as the ONNX graph's Cast/Div/Sub/Div, in every consumer.
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32))
-        recurrent = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cfg.cell]
-        self.encoder = recurrent(
-            input_size=IMAGE_SIZE,
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            batch_first=True,
-            bidirectional=cfg.bidirectional,
-            dropout=cfg.layer_dropout if cfg.num_layers > 1 else 0.0,
-        )
-        features = (2 if cfg.bidirectional else 1) * cfg.hidden_size
-        if cfg.head == "all_steps":
-            # The report's RNN head: every step's output, flattened -> Linear -> Dropout -> ReLU -> Linear.
-            self.head = nn.Sequential(
-                nn.Flatten(),
-                nn.Linear(IMAGE_SIZE * features, cfg.head_hidden),
-                nn.Dropout(cfg.dropout),
-                nn.ReLU(),
-                nn.Linear(cfg.head_hidden, NUM_CLASSES),
-            )
-        else:
-            # The report's GRU head (on the last step, or on all steps pooled): Dropout -> Linear.
-            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(features, NUM_CLASSES))
 
     @property
     def normalization(self) -> tuple[float, float]:
@@ -58,6 +38,37 @@ class SequenceClassifier(nn.Module):
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """(batch, 28, 28) uint8 pixels -> normalized float32, the train split's statistics."""
         return (pixels.to(torch.float32) / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _all_steps_head(features: int, cfg: ModelConfig) -> nn.Sequential:
+    """The report's RNN head: every step's (or position's) output, flattened -> Linear -> Dropout -> ReLU -> Linear."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, cfg.head_hidden), nn.Dropout(cfg.dropout), nn.ReLU(),
+                         nn.Linear(cfg.head_hidden, NUM_CLASSES))
+
+
+class SequenceClassifier(Classifier):
+    """Pixel normalization, a recurrent encoder over image rows, then one of the heads of `ModelConfig.head`."""
+
+    def __init__(self, cfg: ModelConfig, mean: float, std: float) -> None:
+        super().__init__(cfg, mean, std)
+        recurrent = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cfg.cell]
+        self.encoder = recurrent(
+            input_size=IMAGE_SIZE,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.layer_dropout if cfg.num_layers > 1 else 0.0,
+        )
+        features = (2 if cfg.bidirectional else 1) * cfg.hidden_size
+        if cfg.head == "all_steps":
+            self.head = _all_steps_head(IMAGE_SIZE * features, cfg)
+        else:
+            # The report's GRU head (on the last step, or on all steps pooled): Dropout -> Linear.
+            self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(features, NUM_CLASSES))
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized (batch, 28, 28) float32 -> (batch, 10) logits."""
@@ -76,6 +87,33 @@ class SequenceClassifier(nn.Module):
         return self.head(final)
 
 
+class ConvClassifier(Classifier):
+    """A small CNN over the whole image, a distillation teacher: `num_layers` blocks of 3x3 conv, BatchNorm,
+    ReLU and 2x2 max-pooling, the first `hidden_size` channels wide and each next one twice as wide, then the
+    all-steps head over every position of the last feature map."""
+
+    def __init__(self, cfg: ModelConfig, mean: float, std: float) -> None:
+        super().__init__(cfg, mean, std)
+        blocks: list[nn.Module] = []
+        channels, side = 1, IMAGE_SIZE
+        for layer in range(cfg.num_layers):
+            width = cfg.hidden_size * 2 ** layer
+            blocks += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+            channels, side = width, side // 2
+        self.encoder = nn.Sequential(*blocks)
+        self.head = _all_steps_head(channels * side * side, cfg)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized (batch, 28, 28) float32 -> (batch, 10) logits."""
+        # (batch, 1, 28, 28) -> (batch, channels, side, side), flattened by the head
+        return self.head(self.encoder(x.unsqueeze(1)))
+
+
+def build_model(cfg: ModelConfig, mean: float, std: float) -> Classifier:
+    """The model `cfg` describes, normalizing with the train split's (mean, std)."""
+    return (ConvClassifier if cfg.cell == "cnn" else SequenceClassifier)(cfg, mean, std)
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int,
                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
@@ -88,7 +126,14 @@ def predict_logits(model: nn.Module, pixels: torch.Tensor, batch_size: int,
 
 
 def forward_flops(cfg: ModelConfig) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one image's forward pass; the matmuls dominate all else."""
+    """Multiply-add FLOPs (2 per MAC) of one image's forward pass; the matmuls and convolutions dominate."""
+    if cfg.cell == "cnn":
+        flops, channels, side = 0, 1, IMAGE_SIZE
+        for layer in range(cfg.num_layers):
+            width = cfg.hidden_size * 2 ** layer
+            flops += 2 * side * side * channels * width * 9
+            channels, side = width, side // 2
+        return flops + 2 * (channels * side * side * cfg.head_hidden + cfg.head_hidden * NUM_CLASSES)
     gates = {"rnn": 1, "gru": 3, "lstm": 4}[cfg.cell]
     directions = 2 if cfg.bidirectional else 1
     flops, layer_input = 0, IMAGE_SIZE

@@ -8,17 +8,18 @@ checks refuse later is a failed trial, not a crash.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Union
 
-from fmnist_seq.config import MAX_SEED, TrainConfig, _spec, build, read_params
+from fmnist_seq.config import MAX_SEED, RECIPE, ModelName, TrainConfig, _spec, build, keys_with_role, read_params
 from fmnist_seq.errors import ParamsError
 
-# Keys a trial sets itself (epochs from tune.epochs, seed from the trial number, one worker per trial) or
-# that change how a run is carried out, never what it learns.
-NOT_SEARCHABLE = ("epochs", "seed", "workers", "device", "max_restarts")
+# What a trial may sample: the recipe (config.RECIPE). The rest a trial sets itself (epochs from tune.epochs, seed
+# from the trial number, one worker) or bears on where and how a run is carried out, not on what it learns.
+SEARCHABLE = tuple(keys_with_role(TrainConfig, RECIPE))
 Value = Union[bool, int, float, str]
 
 
@@ -35,7 +36,7 @@ class Dimension:
 
 @dataclass(frozen=True)
 class Space:
-    model: Literal["rnn", "gru"]  # which block it searches: train_<model>
+    model: ModelName  # which block it searches: train_<model>
     params: dict[str, Dimension] = _spec(nonempty=True)  # key within train_<model> (model.dropout) -> range
 
 
@@ -122,10 +123,10 @@ def build_tune(data: Any) -> TuneConfig:
         for key, dim in space.params.items():
             where = f"tune.spaces.{name}.params.{key}"
             path = key.split(".")
-            if path[0] in NOT_SEARCHABLE:
-                raise ParamsError(f"params.yaml: {where}: {key} is set by each trial, not searched "
-                                  f"(not searchable: {', '.join(NOT_SEARCHABLE)})")
-            tp = _field_type(TrainConfig, path, where)
+            tp = _field_type(TrainConfig, path, where)  # first: an unknown key is named as unknown
+            if key not in SEARCHABLE:
+                raise ParamsError(f"params.yaml: {where}: {key} is set by each trial or by where it runs, not "
+                                  f"searched (searchable: {', '.join(SEARCHABLE)})")
             check_dimension(key, dim, tp, where)
     return cfg
 
@@ -153,7 +154,7 @@ def sample(trial: Any, space: Space) -> dict[str, Value]:
 
 def apply(block: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a training block with `values` set at their dotted keys."""
-    result = _deep_copy(block)
+    result = copy.deepcopy(dict(block))
     for key, value in values.items():
         *parents, leaf = key.split(".")
         target = result
@@ -161,12 +162,4 @@ def apply(block: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]
             target = target.setdefault(parent, {})
         target[leaf] = value
     return result
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
 

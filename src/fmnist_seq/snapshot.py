@@ -3,31 +3,37 @@
 DVC deletes a stage's outputs before it runs the stage (and DVC 3 has no checkpoint outputs), so snapshots
 live outside them, in `.dvc/tmp/snapshots/` (git-ignored by DVC), or in the folder `FMNIST_SNAPSHOTS` names
 (storage every node reaches, for multi-node runs). A snapshot's file name carries the digest of everything
-that determines the run's numbers (the stage's params block, the seed, the worker count, the prepared data,
-the code of the stage's declared deps): another run never resumes it, and says why.
+that determines the run's numbers (its run key): another run never resumes it, and says why.
+
+Several runs may share the folder at once (`dvc queue start -j 2`, two workspaces with one FMNIST_SNAPSHOTS):
+each run holds a lock on its own `<snapshot>.lock` file for as long as it lives, and a run clears away only
+the snapshots of other runs whose lock nobody holds. The kernel releases a lock when its process dies, however
+it dies, so a killed run's snapshot is free to be resumed or cleared, and a live run's never goes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import yaml
 
 from fmnist_seq.atomic import write_torch
+from fmnist_seq.config import PER_RUN, RECIPE, TrainConfig, as_dict, changed_keys, keys_with_role, restricted
 
-FORMAT_VERSION = 1
+# 2: the state is TrainingState's (training.py); the key names the device and the torch version.
+FORMAT_VERSION = 2
 SNAPSHOTS_ENV = "FMNIST_SNAPSHOTS"
 DEFAULT_FOLDER = Path(".dvc") / "tmp" / "snapshots"
-# Keys of a training block that change how a run is carried out, never its numbers.
-NOT_IN_KEY = ("max_restarts",)
 
 
 def snapshot_folder(cwd: Path | None = None) -> Path:
@@ -62,22 +68,32 @@ def declared_code(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
         return sorted(str(p) for p in [*package.glob("*.py"), package.parents[1] / "stages" / "train.py"] if p.exists())
 
 
+def device_name(device: torch.device) -> str:
+    """The device as it bears on the numbers: `cpu`, or `cuda` and the GPU's name (kernels differ by GPU)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
 @dataclass(frozen=True)
 class RunKey:
     """What determines a training run's numbers; a snapshot resumes only a run with the same key."""
 
     stage: str
-    params: dict[str, Any]  # the stage's params block, as validated
+    params: dict[str, Any]  # the block's keys that change the numbers (config.RECIPE, PER_RUN), flat, as validated
     seed: int
-    workers: int
-    data: dict[str, str] = field(default_factory=dict)  # prepared file -> SHA-256
+    device: str  # resolved (device_name): a CUDA run's random state and kernels are not the CPU's
+    workers: int  # resolved: each worker's share and dropout stream depend on the count
+    torch: str  # torch.__version__: kernels change between releases
+    data: dict[str, str] = field(default_factory=dict)  # input file (prepared split, teacher) -> SHA-256
     code: dict[str, str] = field(default_factory=dict)  # code file -> SHA-256
 
     @classmethod
-    def of(cls, stage: str, params: dict[str, Any], seed: int, workers: int, data_files: Iterable[Path],
-           code_files: Iterable[str]) -> RunKey:
-        return cls(stage=stage, params={k: v for k, v in params.items() if k not in NOT_IN_KEY}, seed=seed,
-                   workers=workers, data={Path(p).name: file_sha256(Path(p)) for p in data_files},
+    def of(cls, stage: str, cfg: TrainConfig, seed: int, device: torch.device, workers: int,
+           data_files: Iterable[Path], code_files: Iterable[str]) -> RunKey:
+        return cls(stage=stage, params=restricted(as_dict(cfg), keys_with_role(TrainConfig, RECIPE, PER_RUN)),
+                   seed=seed, device=device_name(device), workers=workers, torch=str(torch.__version__),
+                   data={Path(p).name: file_sha256(Path(p)) for p in data_files},
                    code={str(p): file_sha256(Path(p)) for p in code_files if Path(p).is_file()})
 
     @property
@@ -86,36 +102,73 @@ class RunKey:
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """What differs between this run and the one `other` (a stored key) describes, in words."""
-        found = [f"{self.stage}.{k} {_flat(other.get('params', {})).get(k)!r} -> {v!r}"
-                 for k, v in _flat(self.params).items() if _flat(other.get("params", {})).get(k) != v]
-        if other.get("seed") != self.seed:
-            found.append(f"seed {other.get('seed')} -> {self.seed}")
-        if other.get("workers") != self.workers:
-            found.append(f"workers {other.get('workers')} -> {self.workers}")
-        found += [f"prepared data ({name}) changed" for name, h in self.data.items() if other.get("data", {}).get(name) != h]
+        found = [f"{self.stage}.{change}" for change in changed_keys(other.get("params", {}), self.params)]
+        found += [f"{name} {other.get(name)!r} -> {getattr(self, name)!r}" for name in ("seed", "device", "workers",
+                                                                                        "torch")
+                  if other.get(name) != getattr(self, name)]
+        found += [f"input ({name}) changed" for name, h in self.data.items() if other.get("data", {}).get(name) != h]
         found += [f"code ({path}) changed" for path, h in self.code.items() if other.get("code", {}).get(path) != h]
         return found or ["its run key differs"]
 
 
-def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
+    """An exclusive lock on `path`, as an open descriptor (closing it releases the lock); None when another
+    process holds it (without `wait`) or, without `create`, when the file is gone."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # The holder before us may have removed the file after we opened it: a lock on that orphan guards
+        # nothing, so lock the file that the path names now.
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)
+        if not create:
+            return None
 
 
 class Snapshots:
-    """The snapshot of one training run: load it to resume, save it after each epoch, remove it when done."""
+    """The snapshot of one training run: held while the run lives, loaded to resume, saved after each epoch,
+    removed when the run is done."""
 
     def __init__(self, key: RunKey, folder: Path, log: Callable[[str], None] = print):
         self.key = key
         self.folder = folder
         self.path = folder / f"{key.stage}-{key.digest[:16]}.pt"
         self.log = log
-        self._saved = False
+        self._cleared = False
+
+    @staticmethod
+    def lock_of(snapshot: Path) -> Path:
+        return snapshot.with_suffix(".lock")
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold this run's lock for the block: the process that lives as long as the run (the stage, which
+        launches the workers) holds it, so no other run clears this snapshot while this run could still write
+        or need it. A second run with the very same key waits here until the first ends, then resumes what it
+        left or starts afresh."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = self.lock_of(self.path)
+        fd = _lock(lock, wait=False)
+        if fd is None:
+            self.log(f"{self.key.stage}: another run with the same params is training with {self.path}; "
+                     "waiting for it to end")
+            fd = _lock(lock, wait=True)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     def load(self) -> dict[str, Any] | None:
         """The saved training state of this very run, or None (saying why when another run's is there)."""
@@ -129,9 +182,10 @@ class Snapshots:
             state = blob["state"]
             saved_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(blob["saved_at"]))
         except Exception as exc:  # truncated, corrupt, foreign: never worth a traceback, the run starts afresh
+            aside = self._set_aside()
             self.log(f"{self.key.stage}: warning: ignoring unreadable snapshot {self.path} "
                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}); "
-                     "starting afresh")
+                     f"{f'kept as {aside} for inspection; ' if aside else ''}starting afresh")
             return None
         epochs = self.key.params.get("epochs")
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -141,31 +195,56 @@ class Snapshots:
                  f"(snapshot of {saved_at}{after})")
         return state
 
+    def _set_aside(self) -> Path | None:
+        """Rename an unreadable snapshot out of the way (the next save would overwrite it), for inspection."""
+        aside = self.path.with_name(f"{self.path.stem}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}{self.path.suffix}")
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            return None
+        return aside
+
     def _explain_others(self) -> None:
-        others = sorted(self._others(), key=lambda p: p.stat().st_mtime)
+        others = []
+        for path in self._others():
+            try:
+                others.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # another run cleared or finished it since the listing
+                continue
         if not others:
             return
-        newest = others[-1]
+        newest = max(others)[1]
         try:
             stored = torch.load(newest, map_location="cpu", weights_only=True, mmap=True)["key"]
             why = "; ".join(self.key.differences(stored))
         except Exception as exc:
             why = f"it cannot be read ({type(exc).__name__})"
-        self.log(f"{self.key.stage}: not resuming {newest}: {why}; starting afresh (this run's first epoch "
-                 "replaces it)")
+        self.log(f"{self.key.stage}: not resuming {newest}: {why}; starting afresh")
 
     def _others(self) -> list[Path]:
         return [p for p in self.folder.glob(f"{self.key.stage}-*.pt") if p != self.path]
 
     def save(self, state: dict[str, Any]) -> None:
-        """Atomically: a kill during the write leaves the previous snapshot. The first save replaces the stage's
-        snapshots of other runs: one stage, one snapshot to resume."""
+        """Atomically: a kill during the write leaves the previous snapshot. The first save also clears the
+        stage's snapshots that no live run holds (one stage, one snapshot to resume, per live run)."""
         write_torch(self.path, {"format_version": FORMAT_VERSION, "key": asdict(self.key), "saved_at": time.time(),
                                 "state": state})
-        if not self._saved:
-            for other in self._others():
+        if not self._cleared:
+            self._clear_stale_others()
+            self._cleared = True
+
+    def _clear_stale_others(self) -> None:
+        for other in self._others():
+            lock = self.lock_of(other)
+            fd = _lock(lock, wait=False, create=False)
+            if fd is None and lock.exists():
+                continue  # a live run holds it
+            try:
                 other.unlink(missing_ok=True)
-            self._saved = True
+                lock.unlink(missing_ok=True)
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def saved_epoch(self) -> int | None:
         """The last finished epoch on disk (None when there is none)."""
@@ -184,7 +263,10 @@ class Snapshots:
                 f"all epochs are saved in {self.path}: `dvc repro` writes the outputs from it")
 
     def remove(self) -> None:
+        """The run is done (every worker finished, the outputs are written): nothing is left to resume. Called
+        while the lock is held, so a run waiting for the same key locks the new lock file it then creates."""
         self.path.unlink(missing_ok=True)
+        self.lock_of(self.path).unlink(missing_ok=True)
         for leftover in self.folder.glob(f".{self.path.name}.*.tmp"):  # a write cut short by a kill
             leftover.unlink(missing_ok=True)
         try:

@@ -24,13 +24,13 @@ import psutil
 import torch
 from optuna.trial import TrialState
 
-from fmnist_seq.config import TrainConfig, build
+from fmnist_seq.config import TrainConfig, build, changed_keys
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
 from fmnist_seq.errors import Interrupted, ParamsError, PipelineError, TrainingError
-from fmnist_seq.search_space import Space, TuneConfig, apply, sample
+from fmnist_seq.search_space import SEARCHABLE, Space, TuneConfig, apply, sample
 from fmnist_seq.snapshot import file_sha256
-from fmnist_seq.training import EpochRecord, fit
+from fmnist_seq.training import EpochRecord, TrainingJob, fit
 
 # What a study remembers of how it was started; a later run against other data or another base block would
 # mix trials that are not comparable, so it is refused.
@@ -157,7 +157,8 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
     if attrs.get(ATTR_DATA) != data_sha256:
         raise StudyError(f"study {name!r} was run on other prepared data (the seed or valid_ratio changed?); its "
                          "trials are not comparable with new ones: name another study with --study")
-    changed = _changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)))
+    # Only the recipe makes trials comparable: each trial sets its own epochs, seed and workers.
+    changed = changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)), SEARCHABLE)
     if changed:
         raise StudyError(f"study {name!r} was started from another train_{model} block ({'; '.join(changed[:3])}): "
                          "its trials are not comparable with new ones: name another study with --study")
@@ -178,17 +179,6 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         closed.append(trial.number)
     return closed
-
-
-def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            changed += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b and key not in ("device", "workers", "max_restarts"):  # how a run is carried out, not its numbers
-            changed.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return changed
 
 
 class Objective:
@@ -228,8 +218,9 @@ class Objective:
                 raise optuna.TrialPruned(f"valid accuracy {record.valid_accuracy:.4f} after epoch {record.epoch}")
 
         try:
-            result = fit(train_cfg, self.data.train, self.data.valid, self.data.norm, block["seed"],
-                         Worker(device=resolve_device(train_cfg.device)), on_epoch=on_epoch, log=lambda _: None)
+            job = TrainingJob(train_cfg, self.data.train, self.data.valid, self.data.norm, block["seed"],
+                              Worker(device=resolve_device(train_cfg.device)))
+            result = fit(job, on_epoch=on_epoch, log=lambda _: None)
         except optuna.TrialPruned as exc:
             self.say(f"trial {trial.number}: pruned: {exc}")
             raise

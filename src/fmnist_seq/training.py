@@ -15,19 +15,20 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fmnist_seq.config import TrainConfig
+from fmnist_seq.augment import augment
+from fmnist_seq.config import DistillConfig, TrainConfig
 from fmnist_seq.data import Normalization, Split
 from fmnist_seq.distributed import (Worker, all_gather_objects, all_reduce_sum, broadcast_flag, broadcast_object,
                                     gather_chunks, shard)
 from fmnist_seq.errors import TrainingError
-from fmnist_seq.models import SequenceClassifier, predict_logits
+from fmnist_seq.models import Classifier, build_model, predict_logits
 from fmnist_seq.snapshot import Snapshots
 
 VALID_BATCH = 1024
@@ -82,7 +83,7 @@ class EarlyStopping:
 
 @dataclass
 class TrainResult:
-    model: SequenceClassifier  # on rank 0: the selected (best validation loss) weights
+    model: Classifier  # on rank 0: the selected (best validation loss) weights
     history: list[EpochRecord]
     selected_epoch: int
     snapshot_seconds: list[float] = dataclasses.field(default_factory=list)  # each snapshot write of this process
@@ -146,12 +147,20 @@ class Step:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     criterion: nn.Module
     grad_clip: float
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-        """Train on (x, y); `weight` scales this worker's loss so that averaging over workers gives the mean
-        over the whole global batch (1.0 whenever the shards are equal). Returns the logits."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0,
+                 teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """Train on (x, y), and on the teacher's softened probabilities of x when given; `weight` scales this
+        worker's loss so that averaging over workers gives the mean over the whole global batch (1.0 whenever
+        the shards are equal). Returns the logits."""
         logits = self.model(x)
         loss = self.criterion(logits, y)
+        if teacher is not None:
+            t, alpha = self.distill.temperature, self.distill.alpha
+            # T^2 keeps the soft term's gradients on the labels' scale at any temperature (Hinton et al., 2015)
+            soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), teacher, reduction="batchmean")
+            loss = (1 - alpha) * loss + alpha * t * t * soft
         self.optimizer.zero_grad(set_to_none=True)
         (loss if weight == 1.0 else loss * weight).backward()
         if self.grad_clip > 0:
@@ -161,17 +170,21 @@ class Step:
         return logits.detach()
 
 
-def make_step(cfg: TrainConfig, model: SequenceClassifier, worker: Worker, steps_per_epoch: int) -> Step:
+def make_step(cfg: TrainConfig, model: Classifier, worker: Worker, steps_per_epoch: int) -> Step:
     trained: nn.Module = model
     if worker.distributed:
-        # The normalization buffers never change: synced once at the start, not before every forward.
-        trained = DistributedDataParallel(model, forward_sync_buffers=False)
+        # The normalization buffers never change: synced once at the start, not before every forward. A CNN
+        # teacher's BatchNorm statistics do: rank 0's go to every rank before each forward, so that all ranks
+        # validate with the statistics the checkpoint keeps.
+        running_stats = any(name.endswith("running_mean") for name, _ in model.named_buffers())
+        trained = DistributedDataParallel(model, forward_sync_buffers=running_stats)
     optimizer = make_optimizer(cfg, model)
     return Step(model=trained, optimizer=optimizer, scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
-                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), grad_clip=cfg.grad_clip)
+                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), grad_clip=cfg.grad_clip,
+                distill=cfg.distill)
 
 
-def validate(model: SequenceClassifier, split: Split, worker: Worker) -> tuple[float, float]:
+def validate(model: Classifier, split: Split, worker: Worker) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on `split`; each worker predicts one contiguous part of it."""
     part = torch.tensor_split(split.images, worker.world_size)[worker.rank]
     logits = gather_chunks(predict_logits(model, part, VALID_BATCH, worker.device).to(worker.device), worker).cpu()
@@ -188,7 +201,7 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
 
 
 def _random_states(worker: Worker) -> dict[str, list[torch.Tensor]]:
-    """Every rank's torch generator states (its dropout masks), in rank order, on every rank."""
+    """Every rank's torch generator states (its dropout masks), in rank order, on every rank (a collective)."""
     mine = {"cpu": torch.get_rng_state()}
     if worker.device.type == "cuda":
         mine["cuda"] = torch.cuda.get_rng_state(worker.device)
@@ -202,105 +215,190 @@ def _set_random_states(states: dict[str, list[torch.Tensor]], worker: Worker) ->
         torch.cuda.set_rng_state(states["cuda"][worker.rank], worker.device)
 
 
-def fit(cfg: TrainConfig, train: Split, valid: Split, norm: Normalization, seed: int, worker: Worker = Worker(),
-        on_epoch: Callable[[EpochRecord], None] | None = None, log: Callable[[str], None] = print,
-        snapshots: Snapshots | None = None) -> TrainResult:
-    """Train a model from `cfg.model`, select the epoch with the best validation loss, return it.
+@dataclass(frozen=True)
+class TrainingJob:
+    """What one training run learns from: the block, the data, the seed, this process's place in the run, and the
+    trained model it distills from (when the block's distill.alpha is above 0)."""
 
-    Every worker calls this with the same arguments; all of them stop at the same epoch. Only rank 0 logs,
-    calls `on_epoch`, and returns the selected weights (the others return their last ones).
+    cfg: TrainConfig
+    train: Split
+    valid: Split
+    norm: Normalization
+    seed: int
+    worker: Worker = dataclasses.field(default_factory=Worker)
+    teacher: Classifier | None = None
+
+
+def teacher_probabilities(job: TrainingJob) -> torch.Tensor | None:
+    """The teacher's softened probabilities of every training image, on the device; computed once (the teacher is
+    fixed and the images unchanged), None without distillation."""
+    if job.cfg.distill.alpha == 0:
+        return None
+    if job.teacher is None:
+        raise TrainingError(f"distill.alpha is {job.cfg.distill.alpha} but no teacher was given: pass the training "
+                            "stage a trained model with --teacher, or set distill.alpha to 0")
+    logits = predict_logits(job.teacher.to(job.worker.device), job.train.images, VALID_BATCH, job.worker.device)
+    return torch.softmax(logits / job.cfg.distill.temperature, dim=1).to(job.worker.device)
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue exactly where it stopped: the model, the optimizer step (optimizer and
+    schedule), the shuffling and dropout random streams, early stopping, the best weights and the history. Saved
+    after each epoch and restored on resume; a new piece of state is a field here and a line in each of
+    `state_dict` and `restore`."""
+
+    model: Classifier
+    step: Step
+    shuffler: torch.Generator  # the same permutation on every worker
+    augmenter: torch.Generator  # the same changes to each global batch on every worker (augment)
+    stopper: EarlyStopping
+    best_model: dict[str, torch.Tensor]
+    history: list[EpochRecord]
+
+    @classmethod
+    def start(cls, job: TrainingJob, steps_per_epoch: int, saved: dict[str, Any] | None = None) -> TrainingState:
+        """A fresh run's state (seeded from the job), or the `saved` state of an interrupted one."""
+        seed_everything(job.seed, job.worker.device)
+        model = build_model(job.cfg.model, job.norm.mean, job.norm.std).to(job.worker.device)
+        if job.worker.rank:  # its own dropout masks; rank 0 keeps the single-process random stream
+            torch.manual_seed(job.seed + job.worker.rank)
+        if saved is not None:
+            model.load_state_dict(saved["model"])  # before DDP wraps it: DDP starts from rank 0's weights
+        state = cls(model=model, step=make_step(job.cfg, model, job.worker, steps_per_epoch),
+                    shuffler=torch.Generator().manual_seed(job.seed),
+                    augmenter=torch.Generator().manual_seed((job.seed + 1) % 2**63),
+                    stopper=EarlyStopping(job.cfg.patience),
+                    best_model={}, history=[])
+        if saved is not None:
+            state.restore(saved, job.worker)
+        return state
+
+    @property
+    def epoch(self) -> int:
+        """The last finished epoch (0 before the first)."""
+        return len(self.history)
+
+    def state_dict(self, worker: Worker) -> dict[str, Any]:
+        """The whole state, on rank 0 (a collective: every rank takes part, for its random state)."""
+        random_states = _random_states(worker)
+        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.step.optimizer.state_dict(),
+                "scheduler": self.step.scheduler.state_dict(), "shuffler": self.shuffler.get_state(),
+                "augmenter": self.augmenter.get_state(),
+                "random": random_states, "stopper": self.stopper.state(), "best_model": self.best_model,
+                "history": [dataclasses.asdict(r) for r in self.history]}
+
+    def restore(self, saved: dict[str, Any], worker: Worker) -> None:
+        """Everything but the model's weights, which `start` loads before DDP wraps the model."""
+        self.step.optimizer.load_state_dict(saved["optimizer"])
+        self.step.scheduler.load_state_dict(saved["scheduler"])
+        self.shuffler.set_state(saved["shuffler"])
+        self.augmenter.set_state(saved["augmenter"])
+        _set_random_states(saved["random"], worker)
+        self.stopper = EarlyStopping(self.stopper.patience, **saved["stopper"])
+        self.best_model = saved["best_model"]
+        self.history = [EpochRecord(**record) for record in saved["history"]]
+
+    def finish_epoch(self, record: EpochRecord, keep_weights: bool) -> bool:
+        """Record an epoch; keep its weights (on the rank that returns them) when it is the best so far."""
+        self.history.append(record)
+        best = self.stopper.update(record.epoch, record.valid_loss)
+        if best and keep_weights:
+            self.best_model = copy.deepcopy(self.model.state_dict())
+        return best
+
+
+def train_epoch(state: TrainingState, job: TrainingJob, data: tuple[torch.Tensor, torch.Tensor],
+                teacher: torch.Tensor | None, batches: list[slice], epoch: int) -> tuple[float, float, float]:
+    """One pass over the train split (`data`: its images and labels on the device; `teacher`: the teacher's
+    probabilities of them) in seeded global batches; (loss sum, correct predictions, images) over all workers."""
+    worker, device, changes = job.worker, job.worker.device, job.cfg.augment
+    images, labels = data
+    state.model.train()
+    order = torch.randperm(len(job.train), generator=state.shuffler).to(device)
+    # loss sum, correct predictions, images seen: summed over the workers at the end of the epoch
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    with _progress(len(job.train), f"epoch {epoch}/{job.cfg.epochs}", worker.is_main) as bar:
+        for batch in batches:
+            global_idx = order[batch]
+            idx = shard(global_idx, worker)
+            x, y = images[idx], labels[idx]
+            if changes.enabled:  # drawn for the global batch, so that every worker count sees the same images
+                x = shard(augment(images[global_idx], changes, state.augmenter), worker)
+            logits = state.step(x, y, weight=len(idx) * worker.world_size / len(global_idx),
+                                teacher=teacher[idx] if teacher is not None else None)
+            totals += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                                   (logits.argmax(1) == y).sum().double(),
+                                   torch.tensor(float(len(idx)), dtype=torch.float64, device=device)])
+            bar.update(len(global_idx))
+    loss_sum, correct, seen = all_reduce_sum(totals, worker).tolist()
+    # Checked once per epoch (a check per step would stall a GPU on every batch): NaN and inf propagate.
+    if not math.isfinite(loss_sum):
+        raise TrainingError(
+            f"training loss became {loss_sum / seen} in epoch {epoch}: training diverged. Lower lr ({job.cfg.lr}) "
+            f"or set grad_clip (now {job.cfg.grad_clip}); no checkpoint was written")
+    return loss_sum, correct, seen
+
+
+def fit(job: TrainingJob, on_epoch: Callable[[EpochRecord], None] | None = None, log: Callable[[str], None] = print,
+        snapshots: Snapshots | None = None) -> TrainResult:
+    """Train a model from `job.cfg.model`, select the epoch with the best validation loss, return it.
+
+    Every worker calls this with the same job; all of them stop at the same epoch. Only rank 0 logs, calls
+    `on_epoch`, and returns the selected weights (the others return their last ones).
     With `snapshots`, rank 0 saves the whole training state after every epoch, and a run that finds its own
     snapshot continues from the next epoch: it ends exactly where an uninterrupted run would, and `on_epoch`
     is called for the restored epochs first, so the learning curves continue.
     """
-    device = worker.device
-    seed_everything(seed, device)
-    model = SequenceClassifier(cfg.model, norm.mean, norm.std).to(device)
-    if worker.rank:  # its own dropout masks; rank 0 keeps the single-process random stream
-        torch.manual_seed(seed + worker.rank)
-    batches = global_batches(len(train), cfg.batch_size, worker.world_size)
-    shuffler = torch.Generator().manual_seed(seed)  # the same permutation on every worker
-    images, labels = train.images.to(device), train.labels.to(device)
+    cfg, worker = job.cfg, job.worker
     say = log if worker.is_main else (lambda _: None)
-
-    stopper = EarlyStopping(cfg.patience)
-    best_state: dict[str, torch.Tensor] = {}
-    history: list[EpochRecord] = []
-    resumed = None
+    batches = global_batches(len(job.train), cfg.batch_size, worker.world_size)
+    saved = None
     if snapshots is not None:  # rank 0 reads the file, every rank gets its content
-        resumed = broadcast_object(snapshots.load() if worker.is_main else None, worker)
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])  # before DDP wraps it: DDP starts from rank 0's weights
-    step = make_step(cfg, model, worker, len(batches))
-    if resumed is not None:
-        step.optimizer.load_state_dict(resumed["optimizer"])
-        step.scheduler.load_state_dict(resumed["scheduler"])
-        shuffler.set_state(resumed["shuffler"])
-        _set_random_states(resumed["random"], worker)
-        stopper = EarlyStopping(cfg.patience, **resumed["stopper"])
-        best_state = resumed["best_model"]
-        history = [EpochRecord(**record) for record in resumed["history"]]
-        if on_epoch is not None and worker.is_main:
-            for record in history:
-                on_epoch(record)
-    start = time.perf_counter() - (history[-1].elapsed_s if history else 0.0)
+        saved = broadcast_object(snapshots.load() if worker.is_main else None, worker)
+    state = TrainingState.start(job, len(batches), saved)
+    data = job.train.images.to(worker.device), job.train.labels.to(worker.device)
+    if on_epoch is not None and worker.is_main:
+        for record in state.history:
+            on_epoch(record)
+    start = time.perf_counter() - (state.history[-1].elapsed_s if state.history else 0.0)
+    teacher_start = time.perf_counter()
+    teacher = teacher_probabilities(job)  # timed with the training: part of what distillation costs
+    if teacher is not None:
+        say(f"distilling from a {job.teacher.cfg.cell} teacher (weight {cfg.distill.alpha}, temperature "
+            f"{cfg.distill.temperature}): its probabilities of the {len(job.train)} training images took "
+            f"{time.perf_counter() - teacher_start:.1f} s")
     snapshot_seconds: list[float] = []
-    stop = stopper.should_stop  # a run killed after its last epoch, before writing its outputs
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        if stop:
-            break
-        model.train()
-        epoch_start = time.perf_counter()
-        order = torch.randperm(len(train), generator=shuffler).to(device)
-        # loss sum, correct predictions, images seen: summed over the workers at the end of the epoch
-        totals = torch.zeros(3, dtype=torch.float64, device=device)
-        with _progress(len(train), f"epoch {epoch}/{cfg.epochs}", worker.is_main) as bar:
-            for batch in batches:
-                global_idx = order[batch]
-                idx = shard(global_idx, worker)
-                y = labels[idx]
-                logits = step(images[idx], y, weight=len(idx) * worker.world_size / len(global_idx))
-                totals += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                                       (logits.argmax(1) == y).sum().double(),
-                                       torch.tensor(float(len(idx)), dtype=torch.float64, device=device)])
-                bar.update(len(global_idx))
+    stop = state.stopper.should_stop  # a run killed after its last epoch, before writing its outputs
+    while not stop and state.epoch < cfg.epochs:
+        epoch, epoch_start = state.epoch + 1, time.perf_counter()
+        loss_sum, correct, seen = train_epoch(state, job, data, teacher, batches, epoch)
         train_seconds = time.perf_counter() - epoch_start
-        loss_sum, correct, seen = all_reduce_sum(totals, worker).tolist()
-        # Checked once per epoch (a check per step would stall a GPU on every batch): NaN and inf propagate.
-        if not math.isfinite(loss_sum):
-            raise TrainingError(
-                f"training loss became {loss_sum / seen} in epoch {epoch}: training diverged. Lower lr ({cfg.lr}) "
-                f"or set grad_clip (now {cfg.grad_clip}); no checkpoint was written")
-        valid_loss, valid_acc = validate(model, valid, worker)
+        valid_loss, valid_acc = validate(state.model, job.valid, worker)
         if not math.isfinite(valid_loss):
             raise TrainingError(f"validation loss became {valid_loss} after epoch {epoch}: training diverged; "
                                 f"lower lr ({cfg.lr}) or set grad_clip; no checkpoint was written")
         record = EpochRecord(epoch=epoch, train_loss=loss_sum / seen, train_accuracy=correct / seen,
-                             valid_loss=valid_loss, valid_accuracy=valid_acc, lr=step.scheduler.get_last_lr()[0],
+                             valid_loss=valid_loss, valid_accuracy=valid_acc, lr=state.step.scheduler.get_last_lr()[0],
                              elapsed_s=time.perf_counter() - start, images_per_s=seen / train_seconds)
-        history.append(record)
-        if stopper.update(epoch, valid_loss) and worker.is_main:
-            best_state = copy.deepcopy(model.state_dict())
+        best = state.finish_epoch(record, keep_weights=worker.is_main)
         if on_epoch is not None and worker.is_main:
             on_epoch(record)
-        stop = broadcast_flag(stopper.should_stop, worker)
+        stop = broadcast_flag(state.stopper.should_stop, worker)
         if snapshots is not None:
             snapshot_start = time.perf_counter()
-            random_states = _random_states(worker)  # a collective: every rank takes part
+            saved_state = state.state_dict(worker)  # a collective: every rank takes part
             if worker.is_main:
-                snapshots.save({"epoch": epoch, "model": model.state_dict(), "optimizer": step.optimizer.state_dict(),
-                                "scheduler": step.scheduler.state_dict(), "shuffler": shuffler.get_state(),
-                                "random": random_states, "stopper": stopper.state(), "best_model": best_state,
-                                "history": [dataclasses.asdict(r) for r in history]})
+                snapshots.save(saved_state)
             snapshot_seconds.append(time.perf_counter() - snapshot_start)
         # Printed once the epoch is safe on disk: what this line reports survives a kill from now on.
         say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}  "
             f"valid loss {valid_loss:.4f} acc {valid_acc:.4f}  {record.images_per_s:,.0f} img/s"
-            + ("  *best" if stopper.best_epoch == epoch else ""))
+            + ("  *best" if best else ""))
         if stop:
             say(f"early stop: no better validation loss for {cfg.patience} epochs; "
-                f"selected epoch {stopper.best_epoch}")
+                f"selected epoch {state.stopper.best_epoch}")
     if worker.is_main:
-        model.load_state_dict(best_state)
-    return TrainResult(model=model.cpu(), history=history, selected_epoch=stopper.best_epoch,
+        state.model.load_state_dict(state.best_model)
+    return TrainResult(model=state.model.cpu(), history=state.history, selected_epoch=state.stopper.best_epoch,
                        snapshot_seconds=snapshot_seconds)

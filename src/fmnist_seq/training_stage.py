@@ -1,0 +1,113 @@
+"""A training stage's run: its key and snapshot, the training in this process or in a launched group of
+data-parallel workers, rank 0's outputs (checkpoint, dvclive curves, timings), and the snapshot removed only
+once the whole group is done."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fmnist_seq.checkpoint import load_checkpoint, save_checkpoint
+from fmnist_seq.config import TrainConfig, as_dict, load_block, training_seed
+from fmnist_seq.data import STATS_FILE, load_normalization, load_split
+from fmnist_seq.distributed import join, launch, resolve_device, resolve_workers
+from fmnist_seq.errors import ParamsError, TrainingError
+from fmnist_seq.snapshot import RunKey, Snapshots, declared_code, snapshot_folder
+from fmnist_seq.tracking import log_epoch, log_result, open_live, write_timings
+from fmnist_seq.training import TrainingJob, fit
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """What a training stage reads and writes (its command line)."""
+
+    model: str  # the params block is train_<model>
+    data: Path  # prepared data folder: train.pt, valid.pt, stats.json
+    checkpoint: Path
+    live_dir: Path  # this model's own dvclive folder
+    timings: Path
+    teacher: Path | None = None  # a trained model's checkpoint to distill from (the block's distill.alpha > 0)
+
+    @property
+    def stage(self) -> str:
+        return f"train_{self.model}"
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [self.checkpoint, self.live_dir, self.timings]
+
+    @property
+    def inputs(self) -> list[Path]:
+        """What the run learns from, besides its params and code: the prepared data, and the teacher."""
+        return [self.data / name for name in ("train.pt", "valid.pt", STATS_FILE)] + ([self.teacher] if self.teacher
+                                                                                       else [])
+
+
+def check_teacher(files: StageFiles, cfg: TrainConfig) -> None:
+    """A distilling block needs a teacher, and a teacher given to a block that does not distill is a mistake."""
+    if cfg.distill.alpha > 0 and files.teacher is None:
+        raise ParamsError(f"params.yaml: {files.stage}.distill.alpha = {cfg.distill.alpha} needs a teacher: give the "
+                          "stage's command --teacher <checkpoint> (dvc.yaml), or set distill.alpha to 0")
+    if cfg.distill.alpha == 0 and files.teacher is not None:
+        raise ParamsError(f"the stage was given --teacher {files.teacher} but params.yaml's {files.stage}.distill.alpha "
+                          "is 0: set it above 0 to distill, or drop --teacher from the stage's command")
+
+
+def snapshots_of(files: StageFiles, cfg: TrainConfig, seed: int, device: torch.device, workers: int) -> Snapshots:
+    key = RunKey.of(files.stage, cfg, seed, device, workers, files.inputs, declared_code(files.stage))
+    return Snapshots(key, snapshot_folder())
+
+
+def train_worker(files: StageFiles, group_owner: bool) -> None:
+    """The work of one worker (the only one when workers is 1); rank 0 writes every file.
+
+    `group_owner`: a process above this one (the stage that launched it, or this very process) holds the run's
+    snapshot and removes it once every worker is done. Under a `torchrun` started by hand there is none, so rank 0
+    holds it and removes it after writing the outputs, when every rank has finished its last epoch."""
+    cfg = load_block(TrainConfig, files.stage)
+    seed = training_seed(cfg)
+    with join(cfg.device) as worker:
+        teacher = load_checkpoint(files.teacher).model if files.teacher is not None else None
+        job = TrainingJob(cfg, load_split(files.data, "train"), load_split(files.data, "valid"),
+                          load_normalization(files.data), seed, worker, teacher)
+        snapshots = snapshots_of(files, cfg, seed, worker.device, worker.world_size)
+        if not worker.is_main:
+            fit(job, snapshots=snapshots)
+            return
+        print(f"{files.stage}: {len(job.train)} train / {len(job.valid)} valid images, {worker.world_size} "
+              f"worker(s) on {worker.device} with {torch.get_num_threads()} thread(s) each, {cfg.model}")
+        with contextlib.nullcontext() if group_owner else snapshots.held():
+            with open_live(files.live_dir) as live:
+                result = fit(job, on_epoch=lambda record: log_epoch(live, record), snapshots=snapshots)
+                log_result(live, result, f"{files.model.upper()} learning curve")
+            save_checkpoint(files.checkpoint, result.model, as_dict(cfg), result.selected_epoch,
+                            {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
+                            [r.results() for r in result.history])
+            write_timings(files.timings, result, worker, torch.get_num_threads())
+            if not group_owner:
+                snapshots.remove()
+        print(f"{files.stage}: selected epoch {result.selected_epoch} (valid loss {result.selected.valid_loss:.4f}, "
+              f"accuracy {result.selected.valid_accuracy:.4f}) -> {files.checkpoint}")
+
+
+def run(files: StageFiles, script: str, args: list[str], found: list[Snapshots]) -> None:
+    """Validate the params block, then train here (one worker) or launch the workers (several, each running
+    `script args` as a worker), holding the run's snapshot throughout; remove it only when all of them are done."""
+    cfg = load_block(TrainConfig, files.stage)
+    check_teacher(files, cfg)
+    device = resolve_device(cfg.device)
+    workers = resolve_workers(cfg.workers, device, cfg.batch_size, files.stage)
+    snapshots = snapshots_of(files, cfg, training_seed(cfg), device, workers)
+    found.append(snapshots)  # for the interrupt message
+    with snapshots.held():
+        if workers == 1:
+            train_worker(files, group_owner=True)
+        else:
+            try:
+                launch(workers, script, args, max_restarts=cfg.max_restarts)
+            except TrainingError as exc:
+                raise TrainingError(f"{exc}; {snapshots.describe_saved()}") from None
+        snapshots.remove()  # every worker finished and the outputs are written: nothing left to resume

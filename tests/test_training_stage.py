@@ -1,0 +1,57 @@
+"""The training stage's run: it holds its snapshot while it lives, and the snapshot outlives every failure of the
+worker group; only the end of the whole group (launcher returned, outputs written) removes it."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import prepare_synthetic, train_project
+from fmnist_seq import training_stage
+from fmnist_seq.errors import TrainingError
+from fmnist_seq.snapshot import DEFAULT_FOLDER, Snapshots, _lock
+from fmnist_seq.training_stage import StageFiles, run, train_worker
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return prepare_synthetic(tmp_path_factory.mktemp("stage-data"), per_class_train=10)
+
+
+def stage_files(folder: Path, prepared: Path, monkeypatch, **train_gru) -> StageFiles:
+    train_project(folder, epochs=2, **train_gru)
+    monkeypatch.chdir(folder)  # the stage reads params.yaml and keeps its snapshots here
+    return StageFiles("gru", prepared, folder / "gru.pt", folder / "live", folder / "timings.json")
+
+
+def snapshots_in(folder: Path) -> list[Path]:
+    return sorted((folder / DEFAULT_FOLDER).glob("train_gru-*.pt"))
+
+
+def test_a_worker_leaves_the_snapshot_to_the_process_that_owns_the_group(tmp_path, prepared, monkeypatch):
+    files = stage_files(tmp_path, prepared, monkeypatch, workers=1)
+    train_worker(files, group_owner=True)
+    assert files.checkpoint.is_file() and len(snapshots_in(tmp_path)) == 1  # still there: the owner decides
+    train_worker(files, group_owner=False)  # torchrun started by hand: rank 0 is the owner
+    assert snapshots_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("group_fails", [True, False], ids=["a worker dies at the end", "all finish"])
+def test_the_snapshot_is_removed_only_when_the_whole_group_succeeded(tmp_path, prepared, monkeypatch, group_fails):
+    files = stage_files(tmp_path, prepared, monkeypatch, workers=2)
+    found: list[Snapshots] = []
+
+    def launch(workers: int, script: str, args: list[str], max_restarts: int) -> None:
+        (snapshots,) = found
+        assert _lock(Snapshots.lock_of(snapshots.path), wait=False) is None  # the stage holds its run throughout
+        snapshots.save({"epoch": 2})  # rank 0 trained every epoch (and may have written the outputs)
+        if group_fails:
+            raise TrainingError("training worker rank 1 (pid 4242) was killed by SIGKILL; the launcher stopped "
+                                "the other workers. No checkpoint was written")
+    monkeypatch.setattr(training_stage, "launch", launch)
+    if group_fails:
+        with pytest.raises(TrainingError, match="all epochs are saved in .*: `dvc repro` writes the outputs from it"):
+            run(files, "stages/train.py", [], found)
+        assert snapshots_in(tmp_path) == [found[0].path]  # the next run resumes it and only writes the outputs
+    else:
+        run(files, "stages/train.py", [], found)
+        assert not (tmp_path / DEFAULT_FOLDER).exists()  # snapshot, lock file and folder gone
