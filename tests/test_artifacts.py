@@ -17,7 +17,8 @@ import yaml
 from conftest import ROOT, commit, dvc, make_dataset, make_project, run, serve, synthetic_images, write_params
 from fmnist_seq.runtime import metadata, open_session, run as run_model
 
-ARTIFACTS = {"gru-onnx": "models/onnx/gru.onnx", "rnn-onnx": "models/onnx/rnn.onnx",
+ARTIFACTS = {"lstm-onnx": "models/onnx/lstm.onnx", "lstm-int8-onnx": "models/onnx/lstm.int8.onnx",
+             "gru-onnx": "models/onnx/gru.onnx", "rnn-onnx": "models/onnx/rnn.onnx",
              "rnn-int8-onnx": "models/onnx/rnn.int8.onnx"}
 
 

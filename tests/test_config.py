@@ -97,7 +97,7 @@ def test_load_block_seed_and_export_from_file(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     assert load_block(PrepareConfig, "prepare", path).valid_ratio == 0.1
-    with pytest.raises(ParamsError, match="export.exporters has no entry for 'gru'"):
+    with pytest.raises(ParamsError, match="export.exporters has no entry for 'lstm'"):
         load_export(path)
     with pytest.raises(ParamsError, match="seed = -3"):
         load_seed(path)

@@ -17,8 +17,8 @@ from typing import Any, Literal, Mapping, Optional, TypeVar, Union, get_args, ge
 
 from fmnist_seq.errors import ParamsError
 
-# The models the pipeline ships (evaluated, exported).
-MODEL_NAMES: tuple[str, ...] = ("rnn", "gru")
+# The models the pipeline ships (evaluated, exported): the report's two and the best row reader found since.
+MODEL_NAMES: tuple[str, ...] = ("rnn", "gru", "lstm")
 # What the training stage trains: the shipped models and the CNN that teaches the lstm (never shipped).
 TRAINED_NAMES: tuple[str, ...] = (*MODEL_NAMES, "teacher")
 ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]  # a tuple subscript is Literal's own several-values form
