@@ -7,12 +7,11 @@ from pathlib import Path
 import _bootstrap  # noqa: F401  (first: this checkout's code, and a clear error under the wrong Python)
 
 from fmnist_seq.atomic import write_bytes, write_json
-from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint
 from fmnist_seq.config import TrainConfig, load_block, load_export
-from fmnist_seq.data import load_split
 from fmnist_seq.inference_bench import matmul_gflops, time_model
 from fmnist_seq.machine import usable_cpus
-from fmnist_seq.onnx_export import export_checkpoint
+from fmnist_seq.onnx_export import ModelToExport, export_checkpoint
+from fmnist_seq.parity import LabelledImages
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.runtime import CPU, CUDA, select_providers
 from fmnist_seq.samples import build_samples
@@ -22,22 +21,21 @@ from fmnist_seq.stage import run_stage
 def export(args: argparse.Namespace) -> None:
     cfg = load_export()
     providers = select_providers(cfg.provider)
-    test = load_split(args.data, "test")
-    pixels, labels = test.images.numpy(), test.labels.numpy()
+    test = LabelledImages.load(args.data, "test")
     threads = usable_cpus()
     metrics: dict = {}
     timings: dict = {"threads": threads, "providers": [CPU]}  # the providers that ran, not the ones asked for
     for name in cfg.models:
-        path = Path(args.checkpoints) / f"{name}.pt"
-        ckpt = load_checkpoint(path, load_block(TrainConfig, f"train_{name}").model)
-        exported = export_checkpoint(name, ckpt, checkpoint_sha256(path), cfg, pixels, labels, args.out, providers)
+        model = ModelToExport.load(name, Path(args.checkpoints) / f"{name}.pt",
+                                   load_block(TrainConfig, f"train_{name}").model)
+        exported = export_checkpoint(model, test, cfg, args.out, providers)
         metrics[name] = exported.figures
         timed = {"onnxruntime_cpu": (exported.path, [CPU])}
         if exported.providers[0] == CUDA:
             timed["onnxruntime_cuda"] = (exported.path, exported.providers)
             timings["providers"] = exported.providers
         if name in cfg.quantize:
-            int8 = quantize_checked(exported.proto, pixels, labels, exported.test_accuracy,
+            int8 = quantize_checked(exported.proto, test.pixels, test.labels, exported.test_accuracy,
                                     cfg.quantize_max_accuracy_drop)
             metrics[name]["int8"] = int8.figures
             if int8.kept:
@@ -45,12 +43,12 @@ def export(args: argparse.Namespace) -> None:
                 timed["onnxruntime_cpu_int8"] = (Path(args.out) / f"{name}.int8.onnx", [CPU])
             print(f"{name}: int8 variant {'kept' if int8.kept else 'dropped'} (accuracy "
                   f"{int8.figures['test_accuracy']:.4f}, drop {100 * int8.figures['accuracy_drop']:.2f} pts)")
-        timings[name] = {"batch_size": cfg.bench_batch_size,
-                         **time_model(ckpt.model, timed, pixels, cfg.bench_batch_size, cfg.bench_seconds, threads)}
+        timings[name] = {"batch_size": cfg.bench_batch_size, **time_model(
+            model.checkpoint.model, timed, test.pixels, cfg.bench_batch_size, cfg.bench_seconds, threads)}
         print(f"{name}: onnxruntime {timings[name]['onnxruntime_cpu_speedup']:.2f}x PyTorch at batch "
               f"{cfg.bench_batch_size} on {threads} thread(s)")
     timings.update(matmul_gflops(cfg.bench_seconds / 4, threads))
-    write_json(Path(args.out) / "samples.json", build_samples(pixels, labels))  # the page's test images
+    write_json(Path(args.out) / "samples.json", build_samples(test.pixels, test.labels))  # the page's test images
     write_json(args.metrics, metrics)
     write_json(args.timings, timings)
 

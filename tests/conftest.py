@@ -26,11 +26,12 @@ import torch
 import yaml
 
 from fmnist_seq.atomic import write_bytes
-from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from fmnist_seq.checkpoint import save_checkpoint
 from fmnist_seq.config import DownloadConfig, ExportConfig, FileSpec, ModelConfig, TrainConfig, as_dict
 from fmnist_seq.data import RAW_FILES, Normalization, Split, prepare_splits, read_raw, save_prepared
 from fmnist_seq.download import fetch_all
-from fmnist_seq.onnx_export import export_checkpoint
+from fmnist_seq.onnx_export import ModelToExport, export_checkpoint
+from fmnist_seq.parity import LabelledImages
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.training import fit
 
@@ -326,9 +327,9 @@ def exported(tmp_path_factory):
     figures = {}
     for name in MODELS:
         train_tiny(name, train, test, out / f"{name}.pt")
-        ckpt = load_checkpoint(out / f"{name}.pt", MODELS[name])
-        result = export_checkpoint(name, ckpt, checkpoint_sha256(out / f"{name}.pt"), cfg, pixels, labels, out,
-                                   ["CPUExecutionProvider"], log=lambda _: None)
+        model = ModelToExport.load(name, out / f"{name}.pt", MODELS[name])
+        result = export_checkpoint(model, LabelledImages("test", pixels, labels), cfg, out, ["CPUExecutionProvider"],
+                                   log=lambda _: None)
         int8 = quantize_checked(result.proto, pixels, labels, result.test_accuracy, cfg.quantize_max_accuracy_drop)
         if int8.kept:
             write_bytes(out / f"{name}.int8.onnx", int8.model.SerializeToString())

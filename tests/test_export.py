@@ -16,8 +16,8 @@ from fmnist_seq.config import ExportConfig, ModelConfig
 from fmnist_seq.errors import ExportError, InferenceError
 from fmnist_seq.inference_bench import MODEL_IR_VERSION, benchmark, matmul_model, session_engine, torch_engine
 from fmnist_seq.models import SequenceClassifier
-from fmnist_seq.onnx_export import export_checkpoint, export_model
-from fmnist_seq.parity import onnx_logits, torch_logits
+from fmnist_seq.onnx_export import ModelToExport, export_checkpoint, export_model
+from fmnist_seq.parity import LabelledImages, onnx_logits, torch_logits
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
 
@@ -28,6 +28,11 @@ def _cfg(**changes) -> ExportConfig:
     base = ExportConfig(models=["gru"], exporters={"rnn": "dynamo", "gru": "dynamo"}, bench_seconds=0.02,
                         bench_batch_size=32, quantize=[])
     return dataclasses.replace(base, **changes)
+
+
+def _gru(out) -> ModelToExport:
+    """The fixture's GRU, as the export stage reads it."""
+    return ModelToExport.load("gru", out / "gru.pt")
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru"])
@@ -96,7 +101,7 @@ def test_metadata_round_trip(exported):
 def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported, tmp_path, monkeypatch):
     """The file records the checkpoint's hash, not the commit: a new commit alone must not change it."""
     out, _, pixels, labels = exported
-    ckpt = load_checkpoint(out / "gru.pt")
+    model = _gru(out)
     repo = tmp_path / "repo"
     repo.mkdir()
     git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
@@ -105,8 +110,8 @@ def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported
     for commit in ("first", "second"):
         subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", commit], cwd=repo, check=True)
         monkeypatch.chdir(repo)
-        result = export_checkpoint("gru", ckpt, checkpoint_sha256(out / "gru.pt"), _cfg(), pixels, labels,
-                                   tmp_path / commit, [CPU], log=quiet)
+        result = export_checkpoint(model, LabelledImages("test", pixels, labels), _cfg(), tmp_path / commit, [CPU],
+                                   log=quiet)
         bytes_by_commit.append(result.path.read_bytes())
     assert bytes_by_commit[0] == bytes_by_commit[1]
     assert bytes_by_commit[0] == (out / "gru.onnx").read_bytes()
@@ -116,10 +121,9 @@ def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported
 
 def test_parity_failure_stops_the_export_and_writes_nothing(exported, tmp_path):
     out, _, pixels, labels = exported
-    ckpt = load_checkpoint(out / "gru.pt")
     with pytest.raises(ExportError, match=r"onnxruntime disagrees with PyTorch.*No model file was written"):
-        export_checkpoint("gru", ckpt, "0" * 64, _cfg(max_logit_diff=1e-15), pixels, labels, tmp_path / "strict",
-                          [CPU], log=quiet)
+        export_checkpoint(_gru(out), LabelledImages("test", pixels, labels), _cfg(max_logit_diff=1e-15),
+                          tmp_path / "strict", [CPU], log=quiet)
     assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
 
 
@@ -200,8 +204,8 @@ no_gpu = pytest.mark.skipif(CUDA_WORKS, reason="onnxruntime-gpu and a GPU: CUDA 
 def test_cuda_provider_starts_and_is_measured(exported, tmp_path):
     out, _, pixels, labels = exported
     assert active_provider(open_session(out / "gru.onnx", [CUDA, CPU], require=True)) == CUDA
-    result = export_checkpoint("gru", load_checkpoint(out / "gru.pt"), "0" * 64, _cfg(provider="cuda"), pixels,
-                               labels, tmp_path, [CUDA, CPU], log=quiet)
+    result = export_checkpoint(_gru(out), LabelledImages("test", pixels, labels), _cfg(provider="cuda"), tmp_path,
+                               [CUDA, CPU], log=quiet)
     assert result.providers == [CUDA, CPU]
     assert result.figures["cuda_test_accuracy"] == pytest.approx(result.test_accuracy, abs=0.01)
 
@@ -229,16 +233,14 @@ def test_required_provider_that_does_not_start_is_an_error(exported):
 @no_gpu
 def test_export_with_cuda_that_does_not_start(exported, tmp_path):
     out, _, pixels, labels = exported
-    ckpt = load_checkpoint(out / "gru.pt")
+    model, test = _gru(out), LabelledImages("test", pixels, labels)
     lines: list[str] = []
-    result = export_checkpoint("gru", ckpt, "0" * 64, _cfg(provider="auto"), pixels, labels, tmp_path, [CUDA, CPU],
-                               log=lines.append)
+    result = export_checkpoint(model, test, _cfg(provider="auto"), tmp_path, [CUDA, CPU], log=lines.append)
     assert result.providers == [CPU]  # no CPU figures passed off as CUDA
     assert "cuda_test_accuracy" not in result.figures
     assert any("CUDA provider did not start" in line for line in lines)
     with pytest.raises(InferenceError, match="could not start CUDAExecutionProvider"):
-        export_checkpoint("gru", ckpt, "0" * 64, _cfg(provider="cuda"), pixels, labels, tmp_path / "strict",
-                          [CUDA, CPU], log=lines.append)
+        export_checkpoint(model, test, _cfg(provider="cuda"), tmp_path / "strict", [CUDA, CPU], log=lines.append)
     assert not (tmp_path / "strict" / "gru.onnx").exists()
 
 

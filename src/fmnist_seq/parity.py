@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fmnist_seq.data import load_split
 from fmnist_seq.errors import ExportError
 from fmnist_seq.models import predict_logits
 from fmnist_seq.runtime import run
 
 BATCH = 1000
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """One prepared split as onnxruntime takes it: uint8 pixels (N, 28, 28) and int64 labels (N,).
+    `split` names it in figures and messages."""
+
+    split: str
+    pixels: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def load(cls, folder: str | Path, split: str) -> LabelledImages:
+        images = load_split(folder, split)
+        return cls(split=split, pixels=images.images.numpy(), labels=images.labels.numpy())
 
 
 @dataclass(frozen=True)
