@@ -17,7 +17,7 @@ from fmnist_seq.errors import ExportError, InferenceError
 from fmnist_seq.inference_bench import MODEL_IR_VERSION, benchmark, matmul_model, session_engine, torch_engine
 from fmnist_seq.models import SequenceClassifier
 from fmnist_seq.onnx_export import ModelToExport, export_checkpoint, export_model
-from fmnist_seq.parity import LabelledImages, onnx_logits, torch_logits
+from fmnist_seq.parity import LabelledImages, Outputs, check_parity, onnx_logits, require_parity, torch_logits
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
 
@@ -39,7 +39,7 @@ def _gru(out) -> ModelToExport:
 def test_parity_and_figures(exported, name):
     out, figures, pixels, labels = exported
     f = figures[name]
-    assert f["mismatched_predictions"] == 0 and f["max_logit_diff"] < 1e-4
+    assert f["mismatched_predictions"] == 0 and f["max_logit_diff"] < 1e-4 and f["max_probability_diff"] < 5e-5
     torch_accuracy = float((torch_logits(load_checkpoint(out / f"{name}.pt").model, pixels).argmax(1) == labels).mean())
     assert f["test_accuracy"] == torch_accuracy > 0.3
     assert f["file_bytes"] == (out / f"{name}.onnx").stat().st_size
@@ -120,11 +120,47 @@ def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported
 
 
 def test_parity_failure_stops_the_export_and_writes_nothing(exported, tmp_path):
+    """A checkpoint that computes NaN: both engines agree on every predicted class (argmax of a NaN row is 0)
+    and `NaN > tolerance` is false, so the gate must fail on the NaN itself."""
     out, _, pixels, labels = exported
-    with pytest.raises(ExportError, match=r"onnxruntime disagrees with PyTorch.*No model file was written"):
-        export_checkpoint(_gru(out), LabelledImages("test", pixels, labels), _cfg(max_logit_diff=1e-15),
-                          tmp_path / "strict", [CPU], log=quiet)
-    assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
+    model = _gru(out)
+    torch.nn.init.constant_(model.checkpoint.model.head[-1].bias, float("nan"))
+    with pytest.raises(ExportError, match=r"onnxruntime disagrees with PyTorch on the test set: max \|logits diff\| "
+                                          r"nan .*NaN or inf in 2600 of onnxruntime's and 2600 of PyTorch's logits.*"
+                                          r"No model file was written.*checkpoint is broken"):
+        export_checkpoint(model, LabelledImages("test", pixels, labels), _cfg(), tmp_path / "nan", [CPU], log=quiet)
+    assert not (tmp_path / "nan").exists() or not any((tmp_path / "nan").iterdir())
+
+
+def _outputs(logits: np.ndarray) -> Outputs:
+    return Outputs(logits, torch.softmax(torch.from_numpy(logits), dim=1).numpy())
+
+
+def test_parity_gate_names_the_output_that_broke_it():
+    reference = _outputs(np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32))
+    labels = reference.logits.argmax(1)
+
+    def gate(exported: Outputs, max_logit_diff: float = 1e-4, max_probability_diff: float = 5e-5) -> None:
+        require_parity("m", check_parity(reference, exported, labels), "test", max_logit_diff, max_probability_diff)
+
+    gate(reference)
+    near = _outputs(reference.logits + np.float32(1e-5))
+    gate(near)
+    with pytest.raises(ExportError, match=r"on the test set: max \|logits diff\| [\d.e-]+ \(allowed 1e-06\)\. No model"):
+        gate(near, max_logit_diff=1e-6)
+    # Apps read the probabilities: a graph whose softmax is off fails even with exact logits.
+    off = Outputs(reference.logits, reference.probabilities * np.float32(1.01))
+    with pytest.raises(ExportError, match=r"on the test set: max \|probabilities diff\| .* \(allowed 5e-05\)\. No model"):
+        gate(off)
+    # NaN where the largest logit was: the same predicted class, a NaN difference, and a failed gate.
+    nan_logits = reference.logits.copy()
+    nan_logits[3, labels[3]] = np.nan
+    with pytest.raises(ExportError, match=r"NaN or inf in 1 of onnxruntime's and 0 of PyTorch's logits.*other exporter"):
+        gate(Outputs(nan_logits, reference.probabilities))
+    inf_probabilities = reference.probabilities.copy()
+    inf_probabilities[0, 0] = np.inf
+    with pytest.raises(ExportError, match=r"max \|probabilities diff\| inf"):
+        gate(Outputs(reference.logits, inf_probabilities))
 
 
 def test_quantized_variant_kept_only_within_tolerance(exported):

@@ -129,6 +129,7 @@ class ExportConfig:
     exporters: dict[str, Literal["dynamo", "legacy"]] = _spec(nonempty=True)
     opset: int = _spec(18, ge=14)
     max_logit_diff: float = _spec(1e-4, gt=0)
+    max_probability_diff: float = _spec(5e-5, gt=0, le=1)  # probabilities lie in [0, 1]: past 1 checks nothing
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     bench_batch_size: int = _spec(256, ge=1)
     bench_seconds: float = _spec(3.0, gt=0, le=3600)

@@ -1,7 +1,7 @@
 """Turn a trained model into an ONNX file that other apps can trust: export, parity gate, metadata, write.
 
 The model already takes uint8 pixels and normalizes them itself; the exported graph only adds the
-probabilities. Nothing is written unless onnxruntime and PyTorch agree on every test image.
+probabilities. Nothing is written unless onnxruntime and PyTorch agree on both outputs for every test image.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from fmnist_seq.atomic import write_bytes
 from fmnist_seq.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from fmnist_seq.config import ExportConfig, ModelConfig
-from fmnist_seq.parity import LabelledImages, accuracy, check_parity, onnx_logits, require_parity, torch_logits
+from fmnist_seq.parity import (LabelledImages, accuracy, check_parity, onnx_logits, onnx_outputs, require_parity,
+                               softmax_probabilities, torch_outputs)
 from fmnist_seq.runtime import CPU, CUDA, INPUT_NAME, OUTPUT_NAMES, active_provider, open_session
 
 
@@ -35,7 +36,7 @@ class WithProbabilities(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(pixels)
-        return logits, torch.softmax(logits, dim=1)
+        return logits, softmax_probabilities(logits)
 
 
 def strip_debug_metadata(graph: onnx.GraphProto) -> None:
@@ -144,10 +145,11 @@ def export_checkpoint(model: ModelToExport, test: LabelledImages, cfg: ExportCon
     name, torch_model = model.name, model.checkpoint.model
     exported = export_model(torch_model, cfg.exporters[name], cfg.opset)
     cpu = open_session(exported.SerializeToString(), [CPU])
-    parity = check_parity(torch_logits(torch_model, test.pixels), onnx_logits(cpu, test.pixels), test.labels)
-    require_parity(name, parity, cfg.max_logit_diff)
+    parity = check_parity(torch_outputs(torch_model, test.pixels), onnx_outputs(cpu, test.pixels), test.labels)
+    require_parity(name, parity, test.split, cfg.max_logit_diff, cfg.max_probability_diff)
     final = with_metadata(exported, model_metadata(model, parity.onnx_accuracy, cfg.exporters[name], cfg.opset))
     figures: dict[str, Any] = {"max_logit_diff": parity.max_logit_diff,
+                               "max_probability_diff": parity.max_probability_diff,
                                "mismatched_predictions": parity.mismatched_predictions}
     ran = [CPU]
     if providers[0] == CUDA:  # before writing, so that a required CUDA provider that fails leaves no file
@@ -162,5 +164,5 @@ def export_checkpoint(model: ModelToExport, test: LabelledImages, cfg: ExportCon
     write_bytes(path, final.SerializeToString())
     figures["file_bytes"] = path.stat().st_size
     log(f"{name}: {path} ({figures['file_bytes'] / 1e6:.2f} MB), max |logit diff| {parity.max_logit_diff:.2e}, "
-        f"test accuracy {parity.onnx_accuracy:.4f}")
+        f"max |probability diff| {parity.max_probability_diff:.2e}, test accuracy {parity.onnx_accuracy:.4f}")
     return ExportedModel(proto=final, path=path, test_accuracy=parity.onnx_accuracy, figures=figures, providers=ran)
