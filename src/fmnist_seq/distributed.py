@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from fmnist_seq.config import check_workers
-from fmnist_seq.errors import Interrupted, TrainingError
+from fmnist_seq.errors import Interrupted, ParamsError, TrainingError
 from fmnist_seq.machine import physical_cores, usable_cpus
 
 # What torchrun puts in every worker's environment.
@@ -65,13 +65,24 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_workers(setting: int | str, device: torch.device, batch_size: int, where: str = "train") -> int:
     """`workers: auto` is one per physical core within the CPU quota on the CPU, one per GPU on CUDA, and never
-    more than a global batch has images; the count is then checked as an explicit one is."""
+    more than a global batch has images; the count is then checked as an explicit one is.
+
+    On CUDA each worker this machine launches takes a GPU of its own (cuda:LOCAL_RANK), so an explicit count
+    past the GPUs visible here is refused before the launch: otherwise the extra ranks fail in set_device, as
+    often as max_restarts allows. (Workers that torchrun starts on several machines never come here.)
+    """
     if setting == "auto":
         available = max(1, torch.cuda.device_count()) if device.type == "cuda" else physical_cores()
         workers = min(available, batch_size)
     else:
         workers = int(setting)
     check_workers(workers, batch_size, where, resolved_from="auto" if setting == "auto" else None)
+    if device.type == "cuda" and workers > (gpus := torch.cuda.device_count()):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ParamsError(
+            f"params.yaml: {where}.workers = {workers} is more than the {gpus} CUDA GPU(s) visible on this machine"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + f": each worker trains on a GPU of its own; set {where}.workers to at most {gpus}, or to auto")
     return workers
 
 
