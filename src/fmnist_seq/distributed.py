@@ -35,6 +35,10 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 # The pid of the stage process that launched the workers, so that a worker can tell it is gone.
 LAUNCHER_PID_ENV = "FMNIST_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What a collective raises when another worker is gone: gloo's transport errors, and NCCL's remote error (its own
+# CUDA failures, out of memory or invalid usage read "NCCL error in: ..." as well, and are this worker's).
+_GLOO_PEER_LOST = ("gloo/transport", "Connection reset by peer", "Connection closed by peer")
+_NCCL_PEER_LOST = ("ncclRemoteError", "remote process exited", "NCCL communicator was aborted")
 
 
 @dataclass(frozen=True)
@@ -116,15 +120,20 @@ def join(device_name: str) -> Iterator[Worker]:
         if not _peer_lost(exc):
             raise
         # Another worker died (killed, out of memory): the launcher reports it, and restarts or stops the run.
-        raise TrainingError(f"lost contact with another training worker ({str(exc).splitlines()[0][:200]})") from None
+        # The whole message stays: NCCL puts the cause on its last lines ("Last error: ...").
+        cause = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise TrainingError(f"lost contact with another training worker ({type(exc).__name__}: "
+                            f"{cause[:2000]})") from exc
     finally:
         dist.destroy_process_group()
 
 
 def _peer_lost(exc: RuntimeError) -> bool:
+    """Whether a failed collective says another worker is gone, rather than that something failed here."""
     text = str(exc)
-    return isinstance(exc, dist.DistError) or any(s in text for s in ("gloo/transport", "Connection reset by peer",
-                                                                       "Connection closed by peer", "NCCL"))
+    if "nccl" in text.lower():  # NCCL errors are DistErrors too, whatever their cause
+        return any(s in text for s in _NCCL_PEER_LOST)
+    return isinstance(exc, dist.DistError) or any(s in text for s in _GLOO_PEER_LOST)
 
 
 def die_with_launcher() -> None:
