@@ -1,9 +1,9 @@
 """Compare the two ONNX exporters on the pipeline's checkpoints: parity with PyTorch and CPU speed.
 
-Prints one JSON line per model and exporter: max |logit diff| and mismatched predictions on the test
-set, onnxruntime images/s at batch 256 and PyTorch eager's, measured side by side in the same run with
-both engines on the same number of threads. This is how export.exporters in params.yaml was chosen; the
-opset is params.yaml's export.opset.
+Prints one JSON line per model and exporter: max |logit diff|, max |probability diff| and mismatched
+predictions on the test set, onnxruntime images/s at batch 256 and PyTorch eager's, measured side by side in
+the same run with both engines on the same number of threads. This is how export.exporters in params.yaml was
+chosen; the opset is params.yaml's export.opset.
 
 Usage: python bench/exporters.py [--seconds 3] [--threads N]   (after `dvc repro train_rnn train_gru`)
 """
@@ -21,7 +21,7 @@ from fmnist_seq.data import load_split
 from fmnist_seq.inference_bench import benchmark, session_engine, torch_engine
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.onnx_export import export_model
-from fmnist_seq.parity import check_parity, onnx_logits, torch_logits
+from fmnist_seq.parity import check_parity, onnx_outputs, torch_outputs
 from fmnist_seq.runtime import CPU, open_session
 
 
@@ -36,16 +36,17 @@ def main() -> None:
     pixels, labels = test.images.numpy(), test.labels.numpy()
     for name in MODEL_NAMES:
         model = load_checkpoint(f"models/{name}.pt").model
-        reference = torch_logits(model, pixels)
+        reference = torch_outputs(model, pixels)
         for exporter in ("dynamo", "legacy"):
             exported = export_model(model, exporter, opset)
             session = open_session(exported.SerializeToString(), [CPU], threads=args.threads)
-            parity = check_parity(reference, onnx_logits(session, pixels), labels)
+            parity = check_parity(reference, onnx_outputs(session, pixels), labels)
             speed = benchmark({"torch": torch_engine(model), "onnxruntime": session_engine(session)}, pixels, 256,
                               args.seconds)
             ops = sorted({node.op_type for node in exported.graph.node} & {"RNN", "GRU", "MatMul", "Gemm"})
             print(json.dumps({"model": name, "exporter": exporter, "opset": opset, "threads": args.threads,
                               "recurrent_ops": ops, "max_logit_diff": parity.max_logit_diff,
+                              "max_probability_diff": parity.max_probability_diff,
                               "mismatched_predictions": parity.mismatched_predictions,
                               "torch_images_per_s": speed["torch_images_per_s"],
                               "onnxruntime_images_per_s": speed["onnxruntime_images_per_s"],

@@ -26,11 +26,12 @@ import torch
 import yaml
 
 from fmnist_seq.atomic import write_bytes
-from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint, save_checkpoint
+from fmnist_seq.checkpoint import save_checkpoint
 from fmnist_seq.config import DownloadConfig, ExportConfig, FileSpec, ModelConfig, TrainConfig, as_dict
 from fmnist_seq.data import RAW_FILES, Normalization, Split, prepare_splits, read_raw, save_prepared
 from fmnist_seq.download import fetch_all
-from fmnist_seq.onnx_export import export_checkpoint
+from fmnist_seq.onnx_export import ModelToExport, export_checkpoint
+from fmnist_seq.parity import LabelledImages
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.training import TrainingJob, fit
 
@@ -319,17 +320,18 @@ def train_tiny(name: str, train: Split, valid: Split, path: Path, epochs: int = 
 def exported(tmp_path_factory):
     """Both tiny models trained, checkpointed and exported the way the export stage does it, int8 included."""
     out = tmp_path_factory.mktemp("onnx")
-    train, test = easy_split(20, 0), easy_split(26, 1)  # 260 test images: more than one batch of 256
+    train, valid, test = easy_split(20, 0), easy_split(6, 2), easy_split(26, 1)  # 260 test images: over a batch of 256
     pixels, labels = test.images.numpy(), test.labels.numpy()
+    valid_images = LabelledImages("valid", valid.images.numpy(), valid.labels.numpy())
+    test_images = LabelledImages("test", pixels, labels)
     cfg = ExportConfig(models=["rnn", "gru"], exporters={"rnn": "dynamo", "gru": "dynamo"}, bench_seconds=0.05,
                        bench_batch_size=32, quantize=["rnn", "gru"], quantize_max_accuracy_drop=0.05)
     figures = {}
     for name in MODELS:
-        train_tiny(name, train, test, out / f"{name}.pt")
-        ckpt = load_checkpoint(out / f"{name}.pt", MODELS[name])
-        result = export_checkpoint(name, ckpt, checkpoint_sha256(out / f"{name}.pt"), cfg, pixels, labels, out,
-                                   ["CPUExecutionProvider"], log=lambda _: None)
-        int8 = quantize_checked(result.proto, pixels, labels, result.test_accuracy, cfg.quantize_max_accuracy_drop)
+        train_tiny(name, train, valid, out / f"{name}.pt")
+        model = ModelToExport.load(name, out / f"{name}.pt", MODELS[name])
+        result = export_checkpoint(model, test_images, cfg, out, ["CPUExecutionProvider"], log=lambda _: None)
+        int8 = quantize_checked(result.proto, valid_images, test_images, cfg.quantize_max_accuracy_drop)
         if int8.kept:
             write_bytes(out / f"{name}.int8.onnx", int8.model.SerializeToString())
         figures[name] = {**result.figures, "test_accuracy": result.test_accuracy, "int8": int8.figures}

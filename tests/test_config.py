@@ -174,6 +174,7 @@ LOADERS = {"download": lambda path: load_block(DownloadConfig, "download", path)
     ("export", "bench_seconds: 4.0", "bench_seconds: .inf", "export.bench_seconds"),
     ("export", "max_logit_diff: 0.0001", "max_logit_diff: .inf", "export.max_logit_diff"),
     ("export", "max_logit_diff: 0.0001", "max_logit_diff: .nan", "export.max_logit_diff"),
+    ("export", "max_probability_diff: 0.00005", "max_probability_diff: .nan", "export.max_probability_diff"),
     ("train_gru", "  lr: 0.003", "  lr: -.inf", "train_gru.lr"),
     ("train_gru", "  grad_clip: 1.0", "  grad_clip: .NaN", "train_gru.grad_clip"),
     ("train_gru", "  lr: 0.003", "  lr: " + "9" * 400, "train_gru.lr"),  # an integer past float's range
@@ -193,6 +194,17 @@ def test_non_finite_numbers_are_rejected_by_name(tmp_path, block, line, typed, k
 def test_values_that_would_hang_or_exhaust_memory_are_out_of_range(tmp_path, block, line, typed, fragment):
     with pytest.raises(ParamsError) as err:
         LOADERS[block](_params_text(tmp_path, {line: typed}))
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("typed, fragment", [
+    ("max_probability_diff: 0", "export.max_probability_diff = 0.0 is out of range: must be > 0 and <= 1"),
+    ("max_probability_diff: 1.5", "export.max_probability_diff = 1.5 is out of range: must be > 0 and <= 1"),
+])
+def test_parity_tolerances_are_in_range(tmp_path, typed, fragment):
+    """A probability lies in [0, 1]: a tolerance past 1 would check nothing, and 0 fails on float rounding."""
+    with pytest.raises(ParamsError) as err:
+        load_export(_params_text(tmp_path, {"max_probability_diff: 0.00005": typed}))
     assert fragment in str(err.value)
 
 

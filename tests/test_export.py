@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from conftest import MODELS, NORM
+from fmnist_seq import quantization
 from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
 from fmnist_seq.config import ExportConfig, ModelConfig
 from fmnist_seq.errors import ExportError, InferenceError
 from fmnist_seq.inference_bench import MODEL_IR_VERSION, benchmark, matmul_model, session_engine, torch_engine
 from fmnist_seq.models import SequenceClassifier
-from fmnist_seq.onnx_export import export_checkpoint, export_model
-from fmnist_seq.parity import onnx_logits, torch_logits
+from fmnist_seq.onnx_export import ModelToExport, export_checkpoint, export_model
+from fmnist_seq.parity import LabelledImages, Outputs, check_parity, onnx_logits, require_parity, torch_logits
 from fmnist_seq.quantization import quantize_checked
 from fmnist_seq.runtime import CPU, CUDA, active_provider, metadata, open_session, run, select_providers
 
@@ -30,11 +31,16 @@ def _cfg(**changes) -> ExportConfig:
     return dataclasses.replace(base, **changes)
 
 
+def _gru(out) -> ModelToExport:
+    """The fixture's GRU, as the export stage reads it."""
+    return ModelToExport.load("gru", out / "gru.pt")
+
+
 @pytest.mark.parametrize("name", ["rnn", "gru"])
 def test_parity_and_figures(exported, name):
     out, figures, pixels, labels = exported
     f = figures[name]
-    assert f["mismatched_predictions"] == 0 and f["max_logit_diff"] < 1e-4
+    assert f["mismatched_predictions"] == 0 and f["max_logit_diff"] < 1e-4 and f["max_probability_diff"] < 5e-5
     torch_accuracy = float((torch_logits(load_checkpoint(out / f"{name}.pt").model, pixels).argmax(1) == labels).mean())
     assert f["test_accuracy"] == torch_accuracy > 0.3
     assert f["file_bytes"] == (out / f"{name}.onnx").stat().st_size
@@ -96,7 +102,7 @@ def test_metadata_round_trip(exported):
 def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported, tmp_path, monkeypatch):
     """The file records the checkpoint's hash, not the commit: a new commit alone must not change it."""
     out, _, pixels, labels = exported
-    ckpt = load_checkpoint(out / "gru.pt")
+    model = _gru(out)
     repo = tmp_path / "repo"
     repo.mkdir()
     git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
@@ -105,8 +111,8 @@ def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported
     for commit in ("first", "second"):
         subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", commit], cwd=repo, check=True)
         monkeypatch.chdir(repo)
-        result = export_checkpoint("gru", ckpt, checkpoint_sha256(out / "gru.pt"), _cfg(), pixels, labels,
-                                   tmp_path / commit, [CPU], log=quiet)
+        result = export_checkpoint(model, LabelledImages("test", pixels, labels), _cfg(), tmp_path / commit, [CPU],
+                                   log=quiet)
         bytes_by_commit.append(result.path.read_bytes())
     assert bytes_by_commit[0] == bytes_by_commit[1]
     assert bytes_by_commit[0] == (out / "gru.onnx").read_bytes()
@@ -115,21 +121,57 @@ def test_same_checkpoint_exports_the_same_bytes_whatever_the_git_commit(exported
 
 
 def test_parity_failure_stops_the_export_and_writes_nothing(exported, tmp_path):
+    """A checkpoint that computes NaN: both engines agree on every predicted class (argmax of a NaN row is 0)
+    and `NaN > tolerance` is false, so the gate must fail on the NaN itself."""
     out, _, pixels, labels = exported
-    ckpt = load_checkpoint(out / "gru.pt")
-    with pytest.raises(ExportError, match=r"onnxruntime disagrees with PyTorch.*No model file was written"):
-        export_checkpoint("gru", ckpt, "0" * 64, _cfg(max_logit_diff=1e-15), pixels, labels, tmp_path / "strict",
-                          [CPU], log=quiet)
-    assert not (tmp_path / "strict").exists() or not any((tmp_path / "strict").iterdir())
+    model = _gru(out)
+    torch.nn.init.constant_(model.checkpoint.model.head[-1].bias, float("nan"))
+    with pytest.raises(ExportError, match=r"onnxruntime disagrees with PyTorch on the test set: max \|logits diff\| "
+                                          r"nan .*NaN or inf in 2600 of onnxruntime's and 2600 of PyTorch's logits.*"
+                                          r"No model file was written.*checkpoint is broken"):
+        export_checkpoint(model, LabelledImages("test", pixels, labels), _cfg(), tmp_path / "nan", [CPU], log=quiet)
+    assert not (tmp_path / "nan").exists() or not any((tmp_path / "nan").iterdir())
+
+
+def _outputs(logits: np.ndarray) -> Outputs:
+    return Outputs(logits, torch.softmax(torch.from_numpy(logits), dim=1).numpy())
+
+
+def test_parity_gate_names_the_output_that_broke_it():
+    reference = _outputs(np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32))
+    labels = reference.logits.argmax(1)
+
+    def gate(exported: Outputs, max_logit_diff: float = 1e-4, max_probability_diff: float = 5e-5) -> None:
+        require_parity("m", check_parity(reference, exported, labels), "test", max_logit_diff, max_probability_diff)
+
+    gate(reference)
+    near = _outputs(reference.logits + np.float32(1e-5))
+    gate(near)
+    with pytest.raises(ExportError, match=r"on the test set: max \|logits diff\| [\d.e-]+ \(allowed 1e-06\)\. No model"):
+        gate(near, max_logit_diff=1e-6)
+    # Apps read the probabilities: a graph whose softmax is off fails even with exact logits.
+    off = Outputs(reference.logits, reference.probabilities * np.float32(1.01))
+    with pytest.raises(ExportError, match=r"on the test set: max \|probabilities diff\| .* \(allowed 5e-05\)\. No model"):
+        gate(off)
+    # NaN where the largest logit was: the same predicted class, a NaN difference, and a failed gate.
+    nan_logits = reference.logits.copy()
+    nan_logits[3, labels[3]] = np.nan
+    with pytest.raises(ExportError, match=r"NaN or inf in 1 of onnxruntime's and 0 of PyTorch's logits.*other exporter"):
+        gate(Outputs(nan_logits, reference.probabilities))
+    inf_probabilities = reference.probabilities.copy()
+    inf_probabilities[0, 0] = np.inf
+    with pytest.raises(ExportError, match=r"max \|probabilities diff\| inf"):
+        gate(Outputs(reference.logits, inf_probabilities))
 
 
 def test_quantized_variant_kept_only_within_tolerance(exported):
     out, figures, _, _ = exported
     for name in ("rnn", "gru"):
         q = figures[name]["int8"]
-        assert q["kept"] == (q["accuracy_drop"] <= 0.05)
+        assert q["kept"] == (q["valid_accuracy_drop"] <= 0.05)
         assert (out / f"{name}.int8.onnx").exists() == q["kept"]
-        assert q["test_accuracy"] == min(q["test_accuracy_batch_1"], q["test_accuracy_batch_1000"])
+        for split in ("valid", "test"):  # the worse of one image per call and batches of 1000, on each split
+            assert q[f"{split}_accuracy"] == min(q[f"{split}_accuracy_batch_1"], q[f"{split}_accuracy_batch_1000"])
     kept = [name for name in ("rnn", "gru") if figures[name]["int8"]["kept"]]
     assert kept, "the synthetic models should quantize well enough to keep at least one int8 file"
     for name in kept:  # the file describes itself, not the fp32 model it was made from
@@ -143,11 +185,47 @@ def test_int8_file_states_its_own_accuracy(exported):
     fp32 = onnx.load(out / "rnn.onnx")
     assert metadata(open_session(out / "rnn.onnx", [CPU]))["test_accuracy"] == 1.0
     wrong = (labels + 1) % 10  # int8 scores ~0 against these; the fp32 file's metadata says 1.0
-    int8 = quantize_checked(fp32, pixels, wrong, 0.5, max_accuracy_drop=0.999)
+    int8 = quantize_checked(fp32, LabelledImages("valid", pixels, labels), LabelledImages("test", pixels, wrong),
+                            max_accuracy_drop=0.05)
     assert int8.kept and int8.figures["test_accuracy"] < 0.1
     meta = {p.key: p.value for p in int8.model.metadata_props}
     assert json.loads(meta["test_accuracy"]) == int8.figures["test_accuracy"] and meta["model_name"] == "rnn"
-    assert not quantize_checked(fp32, pixels, wrong, 0.5, max_accuracy_drop=0.1).kept
+
+
+def _always_class_0() -> onnx.ModelProto:
+    """A classifier of the project's contract that answers class 0 for every image (its logit: the pixel sum)."""
+    h = onnx.helper
+    weights = np.zeros((28 * 28, 10), np.float32)
+    weights[:, 0] = 1.0
+    graph = h.make_graph(
+        [h.make_node("Cast", ["pixels"], ["x"], to=onnx.TensorProto.FLOAT),
+         h.make_node("Reshape", ["x", "shape"], ["rows"]),
+         h.make_node("MatMul", ["rows", "weights"], ["logits"]),
+         h.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "always_class_0",
+        [h.make_tensor_value_info("pixels", onnx.TensorProto.UINT8, ["batch", 28, 28])],
+        [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", 10]) for n in ("logits", "probabilities")],
+        [onnx.numpy_helper.from_array(np.array([-1, 28 * 28], np.int64), "shape"),
+         onnx.numpy_helper.from_array(weights, "weights")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=MODEL_IR_VERSION)
+
+
+def test_int8_variant_is_kept_or_dropped_on_validation_never_on_test(exported, monkeypatch):
+    """Issue 26: the figure that decides must not be the one reported. An "int8" model that always answers class 0
+    loses 90 points where the labels are the real ones and gains where they are all 0: whichever split decides
+    shows in `kept`."""
+    out, _, pixels, labels = exported
+    monkeypatch.setattr(quantization, "quantized", lambda _: _always_class_0())
+    fp32 = onnx.load(out / "rnn.onnx")  # right on every one of these images
+    real, zeros = (pixels, labels), (pixels, np.zeros_like(labels))
+    dropped = quantize_checked(fp32, LabelledImages("valid", *real), LabelledImages("test", *zeros), 0.002)
+    assert not dropped.kept
+    assert dropped.figures["valid_accuracy_drop"] == pytest.approx(0.9) and dropped.figures["test_accuracy"] == 1.0
+    assert dropped.figures["test_accuracy_drop"] < 0  # would have kept it, had the test split decided
+    kept = quantize_checked(fp32, LabelledImages("valid", *zeros), LabelledImages("test", *real), 0.002)
+    assert kept.kept and kept.figures["test_accuracy_drop"] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="not both on 'test'"):
+        quantize_checked(fp32, LabelledImages("test", *real), LabelledImages("test", *real), 0.002)
 
 
 def test_files_load_in_older_onnxruntime_builds(exported):
@@ -200,8 +278,8 @@ no_gpu = pytest.mark.skipif(CUDA_WORKS, reason="onnxruntime-gpu and a GPU: CUDA 
 def test_cuda_provider_starts_and_is_measured(exported, tmp_path):
     out, _, pixels, labels = exported
     assert active_provider(open_session(out / "gru.onnx", [CUDA, CPU], require=True)) == CUDA
-    result = export_checkpoint("gru", load_checkpoint(out / "gru.pt"), "0" * 64, _cfg(provider="cuda"), pixels,
-                               labels, tmp_path, [CUDA, CPU], log=quiet)
+    result = export_checkpoint(_gru(out), LabelledImages("test", pixels, labels), _cfg(provider="cuda"), tmp_path,
+                               [CUDA, CPU], log=quiet)
     assert result.providers == [CUDA, CPU]
     assert result.figures["cuda_test_accuracy"] == pytest.approx(result.test_accuracy, abs=0.01)
 
@@ -229,16 +307,14 @@ def test_required_provider_that_does_not_start_is_an_error(exported):
 @no_gpu
 def test_export_with_cuda_that_does_not_start(exported, tmp_path):
     out, _, pixels, labels = exported
-    ckpt = load_checkpoint(out / "gru.pt")
+    model, test = _gru(out), LabelledImages("test", pixels, labels)
     lines: list[str] = []
-    result = export_checkpoint("gru", ckpt, "0" * 64, _cfg(provider="auto"), pixels, labels, tmp_path, [CUDA, CPU],
-                               log=lines.append)
+    result = export_checkpoint(model, test, _cfg(provider="auto"), tmp_path, [CUDA, CPU], log=lines.append)
     assert result.providers == [CPU]  # no CPU figures passed off as CUDA
     assert "cuda_test_accuracy" not in result.figures
     assert any("CUDA provider did not start" in line for line in lines)
     with pytest.raises(InferenceError, match="could not start CUDAExecutionProvider"):
-        export_checkpoint("gru", ckpt, "0" * 64, _cfg(provider="cuda"), pixels, labels, tmp_path / "strict",
-                          [CUDA, CPU], log=lines.append)
+        export_checkpoint(model, test, _cfg(provider="cuda"), tmp_path / "strict", [CUDA, CPU], log=lines.append)
     assert not (tmp_path / "strict" / "gru.onnx").exists()
 
 

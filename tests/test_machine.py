@@ -65,3 +65,19 @@ def test_resolved_workers_are_checked_like_explicit_ones(monkeypatch):
     monkeypatch.setattr(distributed, "physical_cores", lambda: 0)  # a broken count never launches zero workers
     with pytest.raises(ParamsError, match=r"workers = 0 \(resolved from auto\) is out of range: must be >= 1"):
         resolve_workers("auto", CPU, batch_size=2, where="train_gru")
+
+
+def test_explicit_cuda_workers_cannot_outnumber_the_gpus(monkeypatch):
+    """Rank N trains on cuda:N of this machine: a third worker with two GPUs would fail in set_device, after the
+    launch and once per restart. A params error names the key, the count and the GPUs instead."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cuda = torch.device("cuda")
+    assert resolve_workers(2, cuda, batch_size=256) == 2 and resolve_workers("auto", cuda, batch_size=256) == 2
+    with pytest.raises(ParamsError, match=r"^params.yaml: train_gru.workers = 3 is more than the 2 CUDA GPU\(s\) "
+                                          r"visible on this machine: .*set train_gru.workers to at most 2, or to auto"):
+        resolve_workers(3, cuda, batch_size=256, where="train_gru")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ParamsError, match=r"2 CUDA GPU\(s\) visible on this machine \(CUDA_VISIBLE_DEVICES=0,1\)"):
+        resolve_workers(3, cuda, batch_size=256, where="train_gru")
+    assert resolve_workers(3, CPU, batch_size=256) == 3  # CPU workers take no GPU

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from fmnist_seq.config import check_workers
-from fmnist_seq.errors import Interrupted, TrainingError
+from fmnist_seq.errors import Interrupted, ParamsError, TrainingError
 from fmnist_seq.machine import physical_cores, usable_cpus
 
 # What torchrun puts in every worker's environment.
@@ -35,6 +35,10 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 # The pid of the stage process that launched the workers, so that a worker can tell it is gone.
 LAUNCHER_PID_ENV = "FMNIST_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# What a collective raises when another worker is gone: gloo's transport errors, and NCCL's remote error (its own
+# CUDA failures, out of memory or invalid usage read "NCCL error in: ..." as well, and are this worker's).
+_GLOO_PEER_LOST = ("gloo/transport", "Connection reset by peer", "Connection closed by peer")
+_NCCL_PEER_LOST = ("ncclRemoteError", "remote process exited", "NCCL communicator was aborted")
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,24 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_workers(setting: int | str, device: torch.device, batch_size: int, where: str = "train") -> int:
     """`workers: auto` is one per physical core within the CPU quota on the CPU, one per GPU on CUDA, and never
-    more than a global batch has images; the count is then checked as an explicit one is."""
+    more than a global batch has images; the count is then checked as an explicit one is.
+
+    On CUDA each worker this machine launches takes a GPU of its own (cuda:LOCAL_RANK), so an explicit count
+    past the GPUs visible here is refused before the launch: otherwise the extra ranks fail in set_device, as
+    often as max_restarts allows. (Workers that torchrun starts on several machines never come here.)
+    """
     if setting == "auto":
         available = max(1, torch.cuda.device_count()) if device.type == "cuda" else physical_cores()
         workers = min(available, batch_size)
     else:
         workers = int(setting)
     check_workers(workers, batch_size, where, resolved_from="auto" if setting == "auto" else None)
+    if device.type == "cuda" and workers > (gpus := torch.cuda.device_count()):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ParamsError(
+            f"params.yaml: {where}.workers = {workers} is more than the {gpus} CUDA GPU(s) visible on this machine"
+            + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+            + f": each worker trains on a GPU of its own; set {where}.workers to at most {gpus}, or to auto")
     return workers
 
 
@@ -105,15 +120,20 @@ def join(device_name: str) -> Iterator[Worker]:
         if not _peer_lost(exc):
             raise
         # Another worker died (killed, out of memory): the launcher reports it, and restarts or stops the run.
-        raise TrainingError(f"lost contact with another training worker ({str(exc).splitlines()[0][:200]})") from None
+        # The whole message stays: NCCL puts the cause on its last lines ("Last error: ...").
+        cause = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise TrainingError(f"lost contact with another training worker ({type(exc).__name__}: "
+                            f"{cause[:2000]})") from exc
     finally:
         dist.destroy_process_group()
 
 
 def _peer_lost(exc: RuntimeError) -> bool:
+    """Whether a failed collective says another worker is gone, rather than that something failed here."""
     text = str(exc)
-    return isinstance(exc, dist.DistError) or any(s in text for s in ("gloo/transport", "Connection reset by peer",
-                                                                       "Connection closed by peer", "NCCL"))
+    if "nccl" in text.lower():  # NCCL errors are DistErrors too, whatever their cause
+        return any(s in text for s in _NCCL_PEER_LOST)
+    return isinstance(exc, dist.DistError) or any(s in text for s in _GLOO_PEER_LOST)
 
 
 def die_with_launcher() -> None:

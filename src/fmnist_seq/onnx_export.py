@@ -1,7 +1,7 @@
 """Turn a trained model into an ONNX file that other apps can trust: export, parity gate, metadata, write.
 
 The model already takes uint8 pixels and normalizes them itself; the exported graph only adds the
-probabilities. Nothing is written unless onnxruntime and PyTorch agree on every test image.
+probabilities. Nothing is written unless onnxruntime and PyTorch agree on both outputs for every test image.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from fmnist_seq.atomic import write_bytes
-from fmnist_seq.checkpoint import Checkpoint
+from fmnist_seq.checkpoint import Checkpoint, checkpoint_sha256, load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
-from fmnist_seq.config import ExportConfig
-from fmnist_seq.parity import accuracy, check_parity, onnx_logits, require_parity, torch_logits
+from fmnist_seq.config import ExportConfig, ModelConfig
+from fmnist_seq.parity import (LabelledImages, accuracy, check_parity, onnx_logits, onnx_outputs, require_parity,
+                               softmax_probabilities, torch_outputs)
 from fmnist_seq.runtime import CPU, CUDA, INPUT_NAME, OUTPUT_NAMES, active_provider, open_session
 
 
@@ -36,7 +36,7 @@ class WithProbabilities(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(pixels)
-        return logits, torch.softmax(logits, dim=1)
+        return logits, softmax_probabilities(logits)
 
 
 def strip_debug_metadata(graph: onnx.GraphProto) -> None:
@@ -79,16 +79,30 @@ def export_model(model: nn.Module, exporter: str, opset: int) -> onnx.ModelProto
     return exported
 
 
-def model_metadata(name: str, ckpt: Checkpoint, checkpoint_sha256: str, test_accuracy: float, exporter: str,
-                   opset: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class ModelToExport:
+    """A trained model to export: its name (export.models, train_<name>), its checkpoint and the file's hash."""
+
+    name: str
+    checkpoint: Checkpoint
+    checkpoint_sha256: str
+
+    @classmethod
+    def load(cls, name: str, path: str | Path, expected: ModelConfig | None = None) -> ModelToExport:
+        """Read `path`, checked against the model block it must have been trained with (`expected`)."""
+        return cls(name=name, checkpoint=load_checkpoint(path, expected), checkpoint_sha256=checkpoint_sha256(path))
+
+
+def model_metadata(model: ModelToExport, test_accuracy: float, exporter: str, opset: int) -> dict[str, str]:
     """What an app needs to use the file correctly, stored in the ONNX file itself.
 
     Only inputs that decide the file go in (the checkpoint's hash, its train block), never the git commit,
     so that the same checkpoint always exports to the same bytes.
     """
+    ckpt = model.checkpoint
     mean, std = ckpt.model.normalization
     values: dict[str, Any] = {
-        "model_name": name,
+        "model_name": model.name,
         "class_names": list(CLASS_NAMES),
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", IMAGE_SIZE, IMAGE_SIZE],
                   "polarity": "light item on a dark background (0 = background), as in Fashion-MNIST",
@@ -100,7 +114,7 @@ def model_metadata(name: str, ckpt: Checkpoint, checkpoint_sha256: str, test_acc
         "selected_epoch": ckpt.selected_epoch,
         "test_accuracy": test_accuracy,
         "exporter": f"torch {torch.__version__} ({exporter}), opset {opset}",
-        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_sha256": model.checkpoint_sha256,
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
@@ -124,24 +138,25 @@ class ExportedModel:
     providers: list[str] = field(default_factory=lambda: [CPU])  # CUDA first only where its session started
 
 
-def export_checkpoint(name: str, ckpt: Checkpoint, checkpoint_sha256: str, cfg: ExportConfig, pixels: np.ndarray,
-                      labels: np.ndarray, out_dir: str | Path, providers: list[str],
-                      log: Callable[[str], None] = print) -> ExportedModel:
-    """Export `ckpt`, check it against PyTorch on the CPU provider, then write `<out_dir>/<name>.onnx`."""
-    exported = export_model(ckpt.model, cfg.exporters[name], cfg.opset)
+def export_checkpoint(model: ModelToExport, test: LabelledImages, cfg: ExportConfig, out_dir: str | Path,
+                      providers: list[str], log: Callable[[str], None] = print) -> ExportedModel:
+    """Export `model`, check it against PyTorch on `test` with the CPU provider, then write
+    `<out_dir>/<name>.onnx`."""
+    name, torch_model = model.name, model.checkpoint.model
+    exported = export_model(torch_model, cfg.exporters[name], cfg.opset)
     cpu = open_session(exported.SerializeToString(), [CPU])
-    parity = check_parity(torch_logits(ckpt.model, pixels), onnx_logits(cpu, pixels), labels)
-    require_parity(name, parity, cfg.max_logit_diff)
-    final = with_metadata(exported, model_metadata(name, ckpt, checkpoint_sha256, parity.onnx_accuracy,
-                                                   cfg.exporters[name], cfg.opset))
+    parity = check_parity(torch_outputs(torch_model, test.pixels), onnx_outputs(cpu, test.pixels), test.labels)
+    require_parity(name, parity, test.split, cfg.max_logit_diff, cfg.max_probability_diff)
+    final = with_metadata(exported, model_metadata(model, parity.onnx_accuracy, cfg.exporters[name], cfg.opset))
     figures: dict[str, Any] = {"max_logit_diff": parity.max_logit_diff,
+                               "max_probability_diff": parity.max_probability_diff,
                                "mismatched_predictions": parity.mismatched_predictions}
     ran = [CPU]
     if providers[0] == CUDA:  # before writing, so that a required CUDA provider that fails leaves no file
         cuda = open_session(final.SerializeToString(), providers, require=cfg.provider == "cuda")
         if active_provider(cuda) == CUDA:
             ran = [CUDA, CPU]
-            figures["cuda_test_accuracy"] = accuracy(onnx_logits(cuda, pixels), labels)
+            figures["cuda_test_accuracy"] = accuracy(onnx_logits(cuda, test.pixels), test.labels)
             log(f"{name}: CUDA provider test accuracy {figures['cuda_test_accuracy']:.4f}")
         else:  # provider auto: onnxruntime fell back to the CPU, so there is nothing more to measure
             log(f"{name}: onnxruntime's CUDA provider did not start (see its message above); CPU figures only")
@@ -149,5 +164,5 @@ def export_checkpoint(name: str, ckpt: Checkpoint, checkpoint_sha256: str, cfg: 
     write_bytes(path, final.SerializeToString())
     figures["file_bytes"] = path.stat().st_size
     log(f"{name}: {path} ({figures['file_bytes'] / 1e6:.2f} MB), max |logit diff| {parity.max_logit_diff:.2e}, "
-        f"test accuracy {parity.onnx_accuracy:.4f}")
+        f"max |probability diff| {parity.max_probability_diff:.2e}, test accuracy {parity.onnx_accuracy:.4f}")
     return ExportedModel(proto=final, path=path, test_accuracy=parity.onnx_accuracy, figures=figures, providers=ran)
