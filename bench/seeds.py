@@ -9,6 +9,7 @@ deviation; --out appends a Markdown row per model and configuration.
   python bench/seeds.py --model gru --seeds 2026 2027 2028
   python bench/seeds.py --model gru --seeds 2026 2027 2028 -S model.bidirectional=true -S model.head=mean_steps \
       --label "bi-GRU, mean over steps" --out seeds_table.md
+  python bench/seeds.py --model lstm   # a distilling block: its teacher (train_teacher) is trained first, same split
 
 -S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import PrepareConfig, TrainConfig, build, load_block, parse_yaml, read_params
+from fmnist_seq.config import MODEL_NAMES, PrepareConfig, TrainConfig, build, load_block, parse_yaml, read_params
 from fmnist_seq.data import load_split, prepare_splits, read_raw, save_prepared
 from fmnist_seq.evaluation import evaluate_checkpoint
 
@@ -45,6 +46,14 @@ def apply_overrides(block: dict, overrides: list[str]) -> dict:
     return block
 
 
+def train_stage(model: str, work: Path, extra: list[str] = (), checkpoint: Path | None = None) -> None:
+    """The pipeline's training stage on the scratch folder's split and params."""
+    subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--model", model, "--data",
+                    str(work / "prepared"), "--checkpoint", str(checkpoint or work / f"{model}.pt"), "--live-dir",
+                    str(work / f"live-{model}"), "--timings", str(work / f"timings-{model}.json"), *extra],
+                   cwd=work, check=True, stdout=subprocess.DEVNULL)
+
+
 def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
     params = read_params(ROOT / "params.yaml")
     params["seed"] = seed
@@ -56,21 +65,22 @@ def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
         splits, norm = prepare_splits(read_raw(raw), load_block(PrepareConfig, "prepare").valid_ratio, seed)
         save_prepared(splits, norm, work / "prepared")
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--model", model, "--data",
-                        str(work / "prepared"), "--checkpoint", str(work / "model.pt"), "--live-dir",
-                        str(work / "live"), "--timings", str(work / "timings.json")],
-                       cwd=work, check=True, stdout=subprocess.DEVNULL)
+        teacher: list[str] = []
+        if cfg.distill.alpha > 0:  # the teacher learns from the same split, as in the pipeline
+            train_stage("teacher", work)
+            teacher = ["--teacher", str(work / "teacher.pt")]
+        train_stage(model, work, teacher, checkpoint=work / "model.pt")
         seconds = time.perf_counter() - start
         ckpt = load_checkpoint(work / "model.pt", cfg.model)
         result = evaluate_checkpoint(ckpt, load_split(work / "prepared", "test"), batch_size=1000)
-        workers = json.loads((work / "timings.json").read_text())["workers"]
+        workers = json.loads((work / f"timings-{model}.json").read_text())["workers"]
     return {"model": model, "seed": seed, "overrides": overrides, **result.metrics, "train_wall_s": round(seconds, 1),
             "workers": workers, "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in ckpt.history]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("rnn", "gru"), required=True)
+    parser.add_argument("--model", choices=MODEL_NAMES, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028])
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the model's train block, e.g. -S model.hidden_size=256 (repeatable)")

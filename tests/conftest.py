@@ -171,11 +171,15 @@ def http_mirror(synthetic_dir):
 
 
 # Small models and short runs: the whole DAG in well under a minute on two cores. The GRU trains with two
-# data-parallel workers (launched by the stage), the RNN in the stage's own process.
+# data-parallel workers (launched by the stage), the others in the stage's own process; the LSTM distills from
+# the CNN teacher, as in params.yaml.
 FAST_PARAMS = {
     "train_rnn": {"model": {"hidden_size": 16, "head_hidden": 32}, "epochs": 3, "batch_size": 32, "lr": 0.01,
                   "workers": 1},
     "train_gru": {"model": {"hidden_size": 16}, "epochs": 3, "batch_size": 32, "lr": 0.01, "workers": 2},
+    "train_teacher": {"model": {"hidden_size": 4, "num_layers": 2, "head_hidden": 16}, "epochs": 2, "batch_size": 32,
+                      "lr": 0.01},
+    "train_lstm": {"model": {"hidden_size": 8, "head_hidden": 32}, "epochs": 3, "batch_size": 32, "lr": 0.01},
     "evaluate": {"batch_size": 64, "misclassified_shown": 8},
     "export": {"bench_seconds": 0.1, "bench_batch_size": 32},
 }
@@ -294,6 +298,8 @@ def workers_of(process: psutil.Process) -> dict[int, psutil.Process]:
 MODELS = {
     "rnn": ModelConfig(cell="rnn", hidden_size=16, bidirectional=True, head="all_steps", head_hidden=32, dropout=0.1),
     "gru": ModelConfig(cell="gru", hidden_size=16, num_layers=2, dropout=0.1),
+    "lstm": ModelConfig(cell="lstm", hidden_size=8, num_layers=2, bidirectional=True, head="all_steps", head_hidden=32,
+                        dropout=0.1),
 }
 NORM = Normalization(0.2, 0.3)
 
@@ -318,14 +324,14 @@ def train_tiny(name: str, train: Split, valid: Split, path: Path, epochs: int = 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """Both tiny models trained, checkpointed and exported the way the export stage does it, int8 included."""
+    """The three tiny models trained, checkpointed and exported the way the export stage does it, int8 included."""
     out = tmp_path_factory.mktemp("onnx")
     train, valid, test = easy_split(20, 0), easy_split(6, 2), easy_split(26, 1)  # 260 test images: over a batch of 256
     pixels, labels = test.images.numpy(), test.labels.numpy()
     valid_images = LabelledImages("valid", valid.images.numpy(), valid.labels.numpy())
     test_images = LabelledImages("test", pixels, labels)
-    cfg = ExportConfig(models=["rnn", "gru"], exporters={"rnn": "dynamo", "gru": "dynamo"}, bench_seconds=0.05,
-                       bench_batch_size=32, quantize=["rnn", "gru"], quantize_max_accuracy_drop=0.05)
+    cfg = ExportConfig(models=list(MODELS), exporters={name: "dynamo" for name in MODELS}, bench_seconds=0.05,
+                       bench_batch_size=32, quantize=list(MODELS), quantize_max_accuracy_drop=0.05)
     figures = {}
     for name in MODELS:
         train_tiny(name, train, valid, out / f"{name}.pt")

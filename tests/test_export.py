@@ -36,7 +36,7 @@ def _gru(out) -> ModelToExport:
     return ModelToExport.load("gru", out / "gru.pt")
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
 def test_parity_and_figures(exported, name):
     out, figures, pixels, labels = exported
     f = figures[name]
@@ -46,7 +46,7 @@ def test_parity_and_figures(exported, name):
     assert f["file_bytes"] == (out / f"{name}.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("batch", [1, 7, 256])
 def test_dynamic_batch_matches_pytorch(exported, name, batch):
     out, _, pixels, _ = exported

@@ -28,7 +28,7 @@ def _missing() -> str | None:
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
-@pytest.mark.parametrize("name", ["rnn", "gru"])
+@pytest.mark.parametrize("name", ["lstm", "rnn", "gru"])
 def test_node_accuracy_matches_python(exported, tmp_path, name):
     out, _, pixels, labels = exported
     images, label_file = tmp_path / "images.gz", tmp_path / "labels"

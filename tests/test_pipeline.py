@@ -14,7 +14,8 @@ from fmnist_seq.data import RAW_FILES
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("download", "prepare", "train_rnn", "train_gru", "evaluate", "export")
+STAGES = ("download", "prepare", "train_rnn", "train_gru", "train_teacher", "train_lstm", "evaluate", "export")
+MODELS = ("rnn", "gru", "lstm")
 # Words that name a measurement of the machine: none may appear in a declared metric.
 TIMING = re.compile(r"seconds|_s$|per_s|latency|gflops|speedup|threads|elapsed")
 
@@ -35,8 +36,9 @@ def test_full_pipeline_reruns_only_what_changed(project):
     assert ran(first) == set(STAGES)
     for name in RAW_FILES.values():
         assert (project / "data/raw" / name).is_file()
-    for path in ("data/prepared/train.pt", "models/rnn.pt", "models/gru.pt", "models/onnx/gru.onnx",
-                 "models/onnx/rnn.onnx", "models/onnx/samples.json", "results/data/examples.png",
+    for path in ("data/prepared/train.pt", "models/rnn.pt", "models/gru.pt", "models/teacher.pt", "models/lstm.pt",
+                 "models/onnx/gru.onnx", "models/onnx/rnn.onnx", "models/onnx/lstm.onnx", "models/onnx/samples.json",
+                 "results/data/examples.png", "results/train/lstm/plots/images/learning_curve.png",
                  "results/train/gru/plots/images/learning_curve.png",
                  "results/evaluate/confusion_gru.png", "results/evaluate/per_class_accuracy.png",
                  "results/evaluate/misclassified_rnn.png", "results/evaluate/summary.md"):
@@ -50,7 +52,9 @@ def test_full_pipeline_reruns_only_what_changed(project):
 
     metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
     per_class = json.loads((project / "results/evaluate/per_class.json").read_text())
-    for model in ("rnn", "gru"):
+    assert set(metrics) == set(MODELS)  # the teacher only teaches: never evaluated or exported
+    assert "distilling from a cnn teacher" in first.stdout
+    for model in MODELS:
         m = metrics[model]
         assert list(m)[:3] == ["test_accuracy", "test_loss", "selected_epoch"]  # what `dvc exp show` lists first
         assert 0 <= m["test_accuracy"] <= 1 and m["test_loss"] > 0 and 0 <= m["test_macro_f1"] <= 1
@@ -97,18 +101,26 @@ def test_full_pipeline_reruns_only_what_changed(project):
     assert json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout) == {}
     commit(project, "forced rerun")
 
-    # Changing one model's parameter reruns that model's training, never the other's.
+    # Changing one model's parameter reruns that model's training, never the others'.
     write_params(project, {"train_gru": {"lr": 0.02}})
     status = dvc("status", "--json", cwd=project)
     changed = set(json.loads(status.stdout))
-    assert "train_gru" in changed and "train_rnn" not in changed
+    assert "train_gru" in changed and not {"train_rnn", "train_teacher", "train_lstm"} & changed
     third = dvc("repro", cwd=project)
-    assert "train_gru" in ran(third) and "train_rnn" not in ran(third)
+    assert ran(third) == {"train_gru", "evaluate", "export"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     evaluated = diff["results/evaluate/metrics.json"]
     assert "gru.test_accuracy" in evaluated or "gru.test_loss" in evaluated
-    assert not any(k.startswith("rnn.") for k in evaluated), evaluated
-    assert not any(k.startswith("rnn.") for k in diff.get("results/export/metrics.json", {}))
+    assert not any(k.startswith(("rnn.", "lstm.")) for k in evaluated), evaluated
+    assert not any(k.startswith(("rnn.", "lstm.")) for k in diff.get("results/export/metrics.json", {}))
+    commit(project, "gru lr")
+
+    # The new model's block: its own training and the two stages that read every model, nothing else.
+    write_params(project, {"train_lstm": {"distill": {"alpha": 0.3}}})
+    fourth = dvc("repro", cwd=project)
+    assert ran(fourth) == {"train_lstm", "evaluate", "export"}
+    evaluated = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)["results/evaluate/metrics.json"]
+    assert not any(k.startswith(("rnn.", "gru.")) for k in evaluated), evaluated
 
     # A value that cannot train stops before any work, with the key in the message.
     write_params(project, {"train_gru": {"model": {"hidden_size": 0}}})

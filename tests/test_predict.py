@@ -57,7 +57,7 @@ def test_predict_command_text_json_and_bad_files(exported, tmp_path, capsys):
     assert text.err.count("missing.png") == 1 and "file not found" in text.err
 
 
-@pytest.mark.parametrize("model", ["gru.onnx", "rnn.onnx", "rnn.int8.onnx"])
+@pytest.mark.parametrize("model", ["lstm.onnx", "gru.onnx", "rnn.onnx", "rnn.int8.onnx"])
 def test_an_answer_does_not_depend_on_the_other_files(exported, tmp_path, capsys, model):
     """The same image alone and among 50 others gets exactly the same probabilities; the int8 model scales
     its activations over the whole call, so this holds only if every file gets a call of its own."""

@@ -84,7 +84,7 @@ def site(exported, tmp_path_factory):
         (root / "examples" / folder).symlink_to(ROOT / "examples" / folder, target_is_directory=True)
     models = root / "models" / "onnx"
     models.mkdir(parents=True)
-    for name in ("gru", "rnn"):
+    for name in ("lstm", "gru", "rnn"):
         shutil.copy2(out / f"{name}.onnx", models / f"{name}.onnx")
     images, labels, _ = real_test_images(N_IMAGES)
     (models / "samples.json").write_text(json.dumps(build_samples(images, labels, per_class=2)))
@@ -182,7 +182,7 @@ def assert_same_answers(results: list[dict], reference: np.ndarray) -> None:
 # --- the page's answers against Python ---------------------------------------------------------------
 
 @browser_only
-@pytest.mark.parametrize("name, count", [("gru", N_IMAGES), ("rnn", N_IMAGES // 3)])
+@pytest.mark.parametrize("name, count", [("lstm", N_IMAGES), ("gru", N_IMAGES // 3), ("rnn", N_IMAGES // 3)])
 def test_page_classifies_test_images_like_onnxruntime(page, name, count):
     images, _, source = real_test_images(count)
     page.ensure_model(name)
@@ -447,3 +447,9 @@ def test_screenshot_script(site, tmp_path):
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(out).size[0] >= 800
     assert "→ rnn.onnx" in result.stdout and "test image #" in result.stdout
+
+
+@browser_only
+def test_the_page_offers_the_most_accurate_model_first(page):
+    options = page.tab.eval_on_selector_all("#model-select option", "options => options.map(o => o.value)")
+    assert [o.rsplit("/", 1)[1] for o in options] == ["lstm.onnx", "gru.onnx", "rnn.onnx"]
