@@ -14,7 +14,7 @@ WEB_PORT ?= 8000
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup dataset browser postgres repro tune test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
+.PHONY: setup dataset browser postgres repro tune test docs node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
 setup: $(STAMP)
 
@@ -94,6 +94,11 @@ WEB_NPM_CI := cd examples/web && npm ci --no-audit --no-fund
 # npm ci fails (offline), those tests are skipped and their skip reason says what is missing.
 test: setup $(NPM_STAMPS)
 	python -m pytest
+
+# The tables of README.md and docs/ that quote params.yaml and results/ (between `<!-- generated: ... -->` lines),
+# written from those files and from what pytest collects; tests/test_docs.py fails while a committed one differs.
+docs: setup
+	python docs/generate.py
 
 $(NODE_STAMP): examples/node/package.json examples/node/package-lock.json
 	@($(NODE_NPM_CI)) && touch $@ || echo "npm ci in examples/node failed (no npm, or offline): its tests are skipped"
