@@ -113,8 +113,9 @@ node-example:
 web-example:
 	($(WEB_NPM_CI)) && touch $(WEB_STAMP)
 
-# Serve the page and the exported models (after `dvc pull` or `dvc repro`), and nothing else of the repository:
-# examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never .git/ or .dvc/.
+# Serve the page and the exported models (after `make repro`, or `dvc pull` from a DVC remote), and nothing else
+# of the repository: examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never
+# .git/ or .dvc/.
 # Only Python's standard library: no venv needed.
 web: $(WEB_STAMP)
 	$(PYTHON) examples/web/serve.py --root . --port $(WEB_PORT)
