@@ -34,7 +34,8 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Callable, Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 SHELL_TAGS = {"bash", "sh", "shell", "console"}
 COMMAND_WORDS = {"make", "dvc", "git", "python", "python3", "source", "node", "npm", "torchrun"}
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w-]*)")
@@ -42,7 +43,8 @@ ELSEWHERE = "<!-- commands: elsewhere -->"
 PLACEHOLDER = re.compile(r"<[A-Za-z][^<>\n]*>")  # <repo-url>, <name>, <this repo>; never a redirection (`< file`)
 HOLE = "__placeholder__"
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
-HEX_REF = re.compile(r"(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}")  # an abbreviated commit: digits and letters
+# An abbreviated or full commit: hex with both digits and letters (so neither a number nor a word like "defaced").
+HEX_REF = re.compile(r"(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}")
 NEEDS_REMOTE = {("pull",), ("push",), ("fetch",), ("exp", "push"), ("exp", "pull")}
 
 
@@ -122,7 +124,8 @@ def fenced_lines(text: str) -> Iterator[tuple[int, str, bool]]:
                 i += 1
                 line = line[:-1] + " " + lines[i].strip()
             line = re.sub(r"^\$\s+", "", line)  # a prompt
-            if line and not line.startswith("#") and (tag in SHELL_TAGS or (not tag and starts_with_command_word(line))):
+            shell = tag in SHELL_TAGS or (not tag and starts_with_command_word(line))
+            if line and not line.startswith("#") and shell:
                 yield number, line, elsewhere
             i += 1
         i += 1
@@ -246,6 +249,12 @@ def in_history(rev: str) -> bool:
     return git_ok("merge-base", "--is-ancestor", rev, "HEAD")
 
 
+def venv_lacks(path: str) -> bool:
+    """Whether `.venv/<inside>` is missing from the venv running the tests (made by the same `make setup`);
+    False outside a venv, where there is nothing to compare with."""
+    return sys.prefix != sys.base_prefix and not (Path(sys.prefix) / path.split("/", 1)[1]).exists()
+
+
 @cache
 def dvc_remote_configured() -> bool:
     """A remote in the committed .dvc/config, the one a clone gets (config.local stays on its machine)."""
@@ -275,10 +284,12 @@ class Checker:
             yield from self.script_problems(c)
         elif program == "dvc":
             yield from self.dvc_problems(c)
-        if c.words[0].startswith(".venv/bin/") and not (Path(sys.prefix) / "bin" / program).exists():
+        if c.words[0].startswith(".venv/") and venv_lacks(c.words[0]):
             yield f"{c.words[0]}: the venv has no such program"
+        script = self.script(c) if program in ("python", "python3", "torchrun") else None
         for word in c.words[1:]:
-            yield from self.path_problems(word, c)
+            if word != script:  # the script check said it
+                yield from self.path_problems(word, c)
             yield from self.ref_problems(word)
 
     def make_problems(self, c: Command) -> Iterator[str]:
@@ -301,20 +312,22 @@ class Checker:
             if re.fullmatch(r"--?[A-Za-z][\w-]*", flag) and flag not in options and flag[:2] not in options:
                 yield f"{program} has no option {flag}"
 
-    def script_problems(self, c: Command) -> Iterator[str]:
+    @staticmethod
+    def script(c: Command) -> str | None:
+        """The script a python or torchrun command runs (None for `python -m module` or none at all)."""
         words = c.words[1:]
-        if "-m" in words and words.index("-m") < len(words) - 1:  # python -m module: the module's flags are its own
-            return
-        script = next((i for i, w in enumerate(words) if w.endswith(".py")), None)
-        if script is None:
-            return
-        path = words[script]
-        if path in c.written:  # written by an earlier command of the block
+        if "-m" in words:
+            return None
+        return next((w for w in words if w.endswith(".py")), None)
+
+    def script_problems(self, c: Command) -> Iterator[str]:
+        path = self.script(c)
+        if path is None or path in c.written:  # none, or written by an earlier command of the block
             return
         if not (ROOT / path).is_file():
             yield f"no script {path}"
         else:
-            yield from self.flag_problems(words[script + 1:], script_options(path), path)
+            yield from self.flag_problems(c.words[c.words.index(path) + 1:], script_options(path), path)
 
     def dvc_prefixes(self, c: Command) -> list[tuple[str, ...]]:
         names = list(takewhile(lambda w: re.fullmatch(r"[a-z][a-z-]*", w) is not None, c.words[1:3]))
@@ -342,11 +355,14 @@ class Checker:
         aliases = {"experiments": "exp"}
         sub = tuple(aliases.get(w, w) for w in sub)
         if sub == ("exp", "diff"):
-            for rev in (w for w in c.words[3:] if not w.startswith("-") and HOLE not in w and w != "..."):
+            # The arguments that are neither options nor numbers (an option's value, such as --precision 3).
+            for rev in (w for w in c.words[3:] if not w.startswith("-") and not w.isdigit() and HOLE not in w
+                        and w != "..."):
                 if not in_history(rev):
                     yield (f"{rev} is not a commit in HEAD's history (a clone has no experiment refs: name a commit, "
                            "or a placeholder)")
-        if sub in NEEDS_REMOTE and c.fenced and not c.elsewhere and not c.remote_added and not dvc_remote_configured():
+        runs_here = c.fenced and not c.elsewhere
+        if sub in NEEDS_REMOTE and runs_here and not c.remote_added and not dvc_remote_configured():
             yield ("needs a DVC remote, and .dvc/config names none: say the files come from `make repro`, or add "
                    "the remote first (`dvc remote add -d ...`)")
 
@@ -364,7 +380,7 @@ class Checker:
         if not path or path in c.written:
             return
         if first == ".venv" and "/" in path:
-            if sys.prefix != sys.base_prefix and not (Path(sys.prefix) / path.split("/", 1)[1]).exists():
+            if venv_lacks(path):
                 yield f"{path}: not in the venv `make setup` creates"
         elif first in self.top_folders and not self.exists(path):
             yield f"{path}: no such path in the repository or the pipeline's outputs"
