@@ -206,7 +206,7 @@ def int8_decision(c: ExportColumn, allowed: float) -> str:
     if not c.int8:
         return MISSING
     verdict, drop = "kept" if c.figures["kept"] else "dropped", c.figures.get("valid_accuracy_drop")
-    return verdict if drop is None else f"{verdict}: {points(drop)} on validation, {points(allowed)} allowed"
+    return verdict if drop is None else f"{verdict}: {points(drop)} on validation ({points(allowed)} allowed)"
 
 
 def int8_valid_accuracy(c: ExportColumn) -> str:

@@ -268,3 +268,24 @@ def test_the_command_check_catches_missing_targets_flags_scripts_paths_commits_a
         "or a placeholder)",
     ]
     assert problems[0].startswith("docs/fake.md:6: `fmnist-predict models/onnx/gru.onnx shoe.jpg --top-k 1 --jsn`")
+
+
+def test_the_export_table_shows_the_figures_of_the_newer_export_metrics(tmp_path):
+    """The parity of probabilities and the int8 validation figures, keys the export stage writes since the
+    committed run, appear once a run writes them."""
+    gen = generator()
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    for name in ("results/export/timings.json", "results/evaluate/metrics.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    metrics = json.loads((ROOT / "results/export/metrics.json").read_text())
+    metrics["rnn"]["max_probability_diff"] = 3.1e-07
+    metrics["rnn"]["int8"] = {"kept": False, "valid_accuracy": 0.9105, "valid_accuracy_drop": 0.003,
+                              "test_accuracy": 0.9041, "test_accuracy_drop": 0.0019, "file_bytes": 3858579}
+    (tmp_path / "results/export/metrics.json").write_text(json.dumps(metrics))
+    table = gen.export_block(tmp_path)
+    assert "| RNN int8 (dropped) |" in table.splitlines()[0]
+    assert "| max \\|probability diff\\| vs PyTorch | 3.1e-07 | — | — |" in table
+    assert "| int8 file | — | dropped: −0.30 pts on validation (−0.20 pts allowed) | — |" in table
+    assert "| validation accuracy | — | 91.05% (−0.30 pts) | — |" in table
+    assert "| test accuracy | 90.60% | 90.41% (−0.19 pts) | 91.06% |" in table
