@@ -14,7 +14,7 @@ WEB_PORT ?= 8000
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: setup dataset browser postgres repro tune test node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
+.PHONY: setup dataset browser postgres repro tune test docs node-example web-example web bench onnxruntime-gpu onnxruntime-cpu clean-venv
 
 setup: $(STAMP)
 
@@ -95,6 +95,11 @@ WEB_NPM_CI := cd examples/web && npm ci --no-audit --no-fund
 test: setup $(NPM_STAMPS)
 	python -m pytest
 
+# The tables of README.md and docs/ that quote params.yaml and results/ (between `<!-- generated: ... -->` lines),
+# written from those files and from what pytest collects; tests/test_docs.py fails while a committed one differs.
+docs: setup
+	python docs/generate.py
+
 $(NODE_STAMP): examples/node/package.json examples/node/package-lock.json
 	@($(NODE_NPM_CI)) && touch $@ || echo "npm ci in examples/node failed (no npm, or offline): its tests are skipped"
 
@@ -108,8 +113,9 @@ node-example:
 web-example:
 	($(WEB_NPM_CI)) && touch $(WEB_STAMP)
 
-# Serve the page and the exported models (after `dvc pull` or `dvc repro`), and nothing else of the repository:
-# examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never .git/ or .dvc/.
+# Serve the page and the exported models (after `make repro`, or `dvc pull` from a DVC remote), and nothing else
+# of the repository: examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never
+# .git/ or .dvc/.
 # Only Python's standard library: no venv needed.
 web: $(WEB_STAMP)
 	$(PYTHON) examples/web/serve.py --root . --port $(WEB_PORT)

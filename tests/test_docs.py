@@ -1,5 +1,7 @@
-"""What the documentation says matches the repository: every path it cites exists, and figures quoted from
-the committed results are those results.
+"""What the documentation says matches the repository: every path it cites exists, figures quoted from the
+committed results are those results (the generated blocks are what `make docs` writes), and every shell command
+it shows names make targets, flags, scripts, paths and commits that exist (tests/doc_commands.py says which
+text counts as a command).
 
 A path counts as cited when README.md, docs/*.md, dvc.yaml, params.yaml, the Makefile or .ci/run, or a comment
 or docstring under src/, stages/, tests/, bench/ or examples/, names it from the repository root (`docs/<page>.md`,
@@ -12,18 +14,23 @@ lies in a folder that npm ci fills from a committed lock file. A path written wi
 from __future__ import annotations
 
 import ast
+import importlib.util
 import io
 import json
 import re
 import subprocess
+import sys
 import tokenize
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
 from conftest import ROOT
+import doc_commands
+from doc_commands import Checker, commands_in
 
 TOP_FOLDERS = ("docs", "src", "stages", "tests", "bench", "examples", "results", "models", "data", ".ci")
 # A path starts at a top folder, not inside a word, URL or `commit:path` (those name other trees).
@@ -149,3 +156,136 @@ def test_the_interpreter_the_docs_name_is_the_one_the_stages_call():
     texts = [(ROOT / "README.md").read_text()] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
     named = [m for text in texts for m in re.findall(r"(?:stage\s+commands\s+call|the\s+stages')\s+`(\w+)`", text)]
     assert len(named) >= 3 and set(named) == {called}
+
+
+@lru_cache(maxsize=1)
+def generator() -> ModuleType:
+    """docs/generate.py, the script behind `make docs` (a script, not a module of the package)."""
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def documents() -> dict[str, str]:
+    return {path.relative_to(ROOT).as_posix(): path.read_text() for path in generator().documents(ROOT)}
+
+
+def test_the_generated_blocks_are_what_make_docs_writes():
+    gen = generator()
+    blocks = {(name, block.kind) for name, text in documents().items() for block in gen.Block.all_in(text, name)}
+    assert {("README.md", "results"), ("README.md", "parameters"), ("README.md", "tests"),
+            ("docs/export.md", "export"), ("docs/performance.md", "training-timings")} <= blocks
+    stale = [problem for name, text in documents().items() for problem in gen.stale_blocks(text, name, gen.rendered)]
+    assert not stale, "\n".join(stale)
+
+
+def test_a_stale_table_fails_and_make_docs_rewrites_only_the_block():
+    gen = generator()
+    batch = gen.load_block(gen.TrainConfig, "train_gru", ROOT / "params.yaml").batch_size
+    current = ("# A page\n\n<!-- generated: parameters -->\n" + gen.rendered("parameters")
+               + "<!-- end generated -->\nmore\n")
+    row = next(line for line in current.splitlines() if line.startswith("| `batch_size`, `epochs`, `patience` |"))
+    stale = current.replace(row, row.replace(f"| {batch}, ", "| 4096, ", 1))
+    assert stale != current and gen.stale_blocks(current, "page.md", gen.rendered) == []
+    (problem,) = gen.stale_blocks(stale, "page.md", gen.rendered)
+    assert problem.startswith("page.md:3: generated block 'parameters' is stale (run `make docs`)")
+    assert "\n-| `batch_size`, `epochs`, `patience` | " in problem and f"\n+{row}\n" in problem
+    assert gen.filled(stale, "page.md", gen.rendered) == current
+
+
+def test_a_block_of_an_unknown_kind_or_without_its_end_is_an_error():
+    gen = generator()
+    with pytest.raises(ValueError, match="x.md:2: unknown generated block 'figures'"):
+        gen.Block.all_in("text\n<!-- generated: figures -->\n<!-- end generated -->\n", "x.md")
+    with pytest.raises(ValueError, match="x.md:1: a generated block without its"):
+        gen.Block.all_in("<!-- generated: tests -->\n\n<!-- generated: results -->\n<!-- end generated -->\n", "x.md")
+
+
+# docs/tuning.md is being rewritten on another branch, which settles these: its block that shares experiments
+# between machines needs a team's DVC remote, so it runs elsewhere (`<!-- commands: elsewhere -->` before it).
+# Remove them here once that lands.
+PENDING = {("docs/tuning.md", f"dvc exp {verb} origin gru-trial-{trial}") for verb in ("push", "pull") for trial in (12, 31)}
+
+
+def test_every_command_in_the_docs_names_what_exists():
+    commands = [c for name, text in documents().items() for c in commands_in(text, name)]
+    assert len(commands) > 100 and {c.file for c in commands} >= {"README.md", "docs/tuning.md", "docs/web.md"}
+    checked = [c for c in commands if (c.file, " ".join(c.words)) not in PENDING]
+    problems = Checker(exists, TOP_FOLDERS).problems(checked)
+    assert not problems, "\n".join(problems)
+
+
+MADE_UP_DOC = """Run `make docs` and `make nope`, then `fmnist-tune --model gru --trails 3`;
+`dvc exp diff 3fef42c my-exp`.
+
+```bash
+source .venv/bin/activate     # fine
+fmnist-predict models/onnx/gru.onnx shoe.jpg --top-k 1 --jsn
+python bench/seeds.py --model gru --seed 1 && python bench/gone.py
+dvc exp run --queue -S train_gru.lr=0.01 --no-such-flag
+dvc pull
+cat models/onnx/*.onnx results/evaluate/nope.json > out.txt
+git show 0123abc:README.md
+make web WEB_PORT=8080 WEB_HOST=x
+```
+
+```
+train_gru: error: output lines and diagrams are not commands
+dvc queue logs <name>
+```
+
+<!-- commands: elsewhere -->
+```bash
+dvc pull      # on a teammate's clone, with the team's remote
+```
+
+```bash
+dvc remote add -d storage /srv/dvc-storage
+dvc push
+git show 8ca421e:bench/layer_study.py > layer_study.py && python layer_study.py --epochs 4
+```
+"""
+
+
+def test_the_command_check_catches_missing_targets_flags_scripts_paths_commits_and_remotes(monkeypatch):
+    monkeypatch.setattr(doc_commands, "dvc_remote_configured", lambda: False)  # as in a clone of this repository
+    problems = Checker(exists, TOP_FOLDERS).problems(commands_in(MADE_UP_DOC, "docs/fake.md"))
+    assert [p.split(": ", 1)[0] + ": " + p.rsplit("`: ", 1)[1] for p in problems] == [
+        "docs/fake.md:6: fmnist-predict has no option --jsn",
+        "docs/fake.md:7: bench/seeds.py has no option --seed",
+        "docs/fake.md:7: no script bench/gone.py",
+        "docs/fake.md:8: dvc exp run has no option --no-such-flag",
+        "docs/fake.md:9: needs a DVC remote, and .dvc/config names none: say the files come from `make repro`, or "
+        "add the remote first (`dvc remote add -d ...`)",
+        "docs/fake.md:10: results/evaluate/nope.json: no such path in the repository or the pipeline's outputs",
+        "docs/fake.md:11: 0123abc is not a commit in HEAD's history",
+        "docs/fake.md:12: the Makefile has no variable WEB_HOST",
+        "docs/fake.md:1: the Makefile has no target 'nope'",
+        "docs/fake.md:1: fmnist-tune has no option --trails",
+        "docs/fake.md:2: my-exp is not a commit in HEAD's history (a clone has no experiment refs: name a commit, "
+        "or a placeholder)",
+    ]
+    assert problems[0].startswith("docs/fake.md:6: `fmnist-predict models/onnx/gru.onnx shoe.jpg --top-k 1 --jsn`")
+
+
+def test_the_export_table_shows_the_figures_of_the_newer_export_metrics(tmp_path):
+    """The parity of probabilities and the int8 validation figures, keys the export stage writes since the
+    committed run, appear once a run writes them."""
+    gen = generator()
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    for name in ("results/export/timings.json", "results/evaluate/metrics.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    metrics = json.loads((ROOT / "results/export/metrics.json").read_text())
+    metrics["rnn"]["max_probability_diff"] = 3.1e-07
+    metrics["rnn"]["int8"] = {"kept": False, "valid_accuracy": 0.9105, "valid_accuracy_drop": 0.003,
+                              "test_accuracy": 0.9041, "test_accuracy_drop": 0.0019, "file_bytes": 3858579}
+    (tmp_path / "results/export/metrics.json").write_text(json.dumps(metrics))
+    table = gen.export_block(tmp_path)
+    assert "| RNN int8 (dropped) |" in table.splitlines()[0]
+    assert "| max \\|probability diff\\| vs PyTorch | 3.1e-07 | — | — |" in table
+    assert "| int8 file | — | dropped: −0.30 pts on validation (−0.20 pts allowed) | — |" in table
+    assert "| validation accuracy | — | 91.05% (−0.30 pts) | — |" in table
+    assert "| test accuracy | 90.60% | 90.41% (−0.19 pts) | 91.06% |" in table

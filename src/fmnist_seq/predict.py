@@ -108,21 +108,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__, epilog=LIMITS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="an exported .onnx file, e.g. models/onnx/gru.onnx")
+    p.add_argument("images", nargs="+", help="image files (see `images` below for formats and limits)")
+    p.add_argument("-k", "--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--dark-on-light", action="store_true",
+                   help="invert images that show a dark item on a light background (ordinary photos)")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="onnxruntime execution provider (default auto: CUDA if it starts, else the CPU; "
+                        "cuda: fail rather than fall back)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmnist-predict", description=__doc__, epilog=LIMITS,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="an exported .onnx file, e.g. models/onnx/gru.onnx")
-    parser.add_argument("images", nargs="+", help="image files (see `images` below for formats and limits)")
-    parser.add_argument("-k", "--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("--dark-on-light", action="store_true",
-                        help="invert images that show a dark item on a light background (ordinary photos)")
-    parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="onnxruntime execution provider (default auto: CUDA if it starts, else the CPU; "
-                             "cuda: fail rather than fall back)")
-    args = parser.parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.top_k < 1:
-        parser.error("--top-k must be at least 1")
+        cli.error("--top-k must be at least 1")
     try:
         return _predict(args)
     except KeyboardInterrupt:

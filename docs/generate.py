@@ -1,0 +1,393 @@
+"""Fill the generated blocks of README.md and docs/*.md from params.yaml and results/ (`make docs`).
+
+A block is everything between a `<!-- generated: <kind> -->` line and the next `<!-- end generated -->` line:
+this script owns it and leaves all other text alone. `python docs/generate.py --check` writes nothing, lists
+each stale block with a unified diff, and exits 1. The output depends only on the repository's files (and, for
+`tests`, on what pytest collects): no time, host or machine enters it, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Callable
+
+from fmnist_seq.atomic import write_text
+from fmnist_seq.config import (MODEL_NAMES, TRAINED_NAMES, ModelConfig, TrainConfig, load_block, load_export,
+                               read_params)
+from fmnist_seq.evaluation import REPORT_ACCURACY
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENING, END = "<!-- generated: ", "<!-- end generated -->"
+# A block's body holds no other opening: an opening without its end is an error, not the start of a longer block.
+BLOCK = re.compile(re.escape(OPENING) + r"(?P<kind>[\w-]+) -->\n(?P<body>(?:(?!" + re.escape(OPENING) + r").)*?)(?="
+                   + re.escape(END) + ")", re.S)
+MISSING = "—"
+Row = tuple[str, list[str]]
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def read_json(root: Path, path: str) -> dict[str, Any]:
+    file = root / path
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+# Numbers as a reader wants them; the files keep full precision.
+
+def sig(value: float) -> str:
+    """3 significant figures, as params.yaml's value reads when rounded."""
+    return f"{value:.3g}"
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def points(drop: float) -> str:
+    """An accuracy drop in percentage points, signed as a change (a drop of 0.0005 is -0.05 pts)."""
+    return f"{-100 * drop:+.2f} pts".replace("-", "−")
+
+
+def prose(text: str) -> str:
+    """A sentence under a table, wrapped as the docs' own lines are."""
+    return textwrap.fill(text, 110, break_long_words=False, break_on_hyphens=False)
+
+
+def table(header: list[str], rows: list[Row]) -> str:
+    """A Markdown table; rows whose cells are all missing are left out."""
+    kept = [(label, cells) for label, cells in rows if any(cell != MISSING for cell in cells)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in kept]
+    return "\n".join(lines)
+
+
+# results: the committed run's accuracy per shipped model.
+
+def results_block(root: Path) -> str:
+    metrics = read_json(root, "results/evaluate/metrics.json")
+    rows = []
+    for name in MODEL_NAMES:
+        if name not in metrics:  # a model added to the pipeline before its first committed run
+            continue
+        m, timings = metrics[name], read_json(root, f"results/train/{name}/timings.json")
+        epoch = str(m["selected_epoch"]) + (f" of {len(timings['epochs'])}" if timings else "")
+        training = (f"{timings['train_seconds']:.0f} s, {workers(timings)}" if timings else MISSING)
+        report = REPORT_ACCURACY.get(name)
+        rows.append((name.upper(), [f"**{pct(m['test_accuracy'])}**", pct(m["valid_accuracy"]), epoch,
+                                    f"{m['parameters']:,}", training, f"{100 * report:g}%" if report else MISSING]))
+    header = ["model", "test accuracy", "validation accuracy", "selected epoch (of trained)", "parameters",
+              "training", "the report"]
+    machine = read_json(root, "results/export/timings.json").get("matmul_gflops_torch")
+    source = ("From `results/evaluate/metrics.json` and `results/train/<model>/timings.json`"
+              + (f"; this run's machine multiplied fp32 matrices at {machine:.0f} GFLOP/s in PyTorch "
+                 "(`results/export/timings.json`)." if machine else "."))
+    return table(header, rows) + "\n\n" + prose(source)
+
+
+def workers(timings: dict[str, Any]) -> str:
+    count, threads = timings["workers"], timings["threads_per_worker"]
+    return (f"{count} worker{'s' if count > 1 else ''} × {threads} thread{'s' if threads > 1 else ''}"
+            f" ({timings['device']})")
+
+
+# parameters: the training blocks' key settings.
+
+def architecture(model: ModelConfig) -> str:
+    parts = [model.cell] + (["bidirectional"] if model.bidirectional else [])
+    parts += [f"{model.num_layers} layer{'s' if model.num_layers > 1 else ''}", f"hidden {model.hidden_size}",
+              f"`{model.head}` head" + (f" ({model.head_hidden})" if model.head == "all_steps" else ""),
+              f"dropout {sig(model.dropout)}"]
+    if model.num_layers > 1 and model.layer_dropout > 0:
+        parts.append(f"layer dropout {sig(model.layer_dropout)}")
+    return ", ".join(parts)
+
+
+OFF = "off"
+
+
+def off_at_zero(value: float) -> str:
+    return sig(value) if value else "0 (off)"
+
+
+# (key, the block's value, meaning). The augment and distill rows appear only where some block turns them on.
+PARAMETER_ROWS: list[tuple[str, Callable[[TrainConfig], str], str]] = [
+    ("`model.*`", lambda c: architecture(c.model), "the architecture"),
+    ("`optimizer`, `lr`, `schedule`, `warmup`", lambda c: f"{c.optimizer}, {sig(c.lr)}, {c.schedule}, {sig(c.warmup)}",
+     "`lr` is the one-cycle peak, reached after `warmup` of the steps"),
+    ("`weight_decay`, `grad_clip`, `label_smoothing`",
+     lambda c: ", ".join(map(off_at_zero, (c.weight_decay, c.grad_clip, c.label_smoothing))),
+     "regularization; 0 turns each off"),
+    ("`batch_size`, `epochs`, `patience`", lambda c: f"{c.batch_size}, {c.epochs}, {c.patience}",
+     "the global batch; `patience: 0` never stops early"),
+    ("`workers`, `device`", lambda c: f"{c.workers}, {c.device}",
+     "data-parallel processes (auto: one per core or GPU); CUDA when PyTorch sees a GPU"),
+    ("`max_restarts`", lambda c: str(c.max_restarts),
+     "restarts of all workers after one dies, resuming from the last epoch; 0: fail at once"),
+    ("`seed`", lambda c: "null" if c.seed is None else str(c.seed),
+     "the training's own seed; null: the project's `seed`, which also draws the split"),
+    ("`augment`", lambda c: f"flip {sig(c.augment.flip)}, shift {c.augment.shift}" if c.augment.enabled else OFF,
+     "random mirroring (probability) and shifts (pixels) of training images"),
+    ("`distill`", lambda c: (f"alpha {sig(c.distill.alpha)}, temperature {sig(c.distill.temperature)}"
+                             if c.distill.alpha > 0 else OFF),
+     "weight of the teacher's soft targets (`train_teacher`), and their temperature"),
+]
+def parameters_block(root: Path) -> str:
+    params = root / "params.yaml"
+    names = [name for name in MODEL_NAMES if f"train_{name}" in read_params(params)]
+    configs = [load_block(TrainConfig, f"train_{name}", params) for name in names]
+    rows = []
+    for key, value, meaning in PARAMETER_ROWS:
+        values = [value(c) for c in configs]
+        if any(v != OFF for v in values):
+            rows.append((key, [*values, meaning]))
+    return (table(["key", *(n.upper() for n in names), "meaning"], rows)
+            + "\n\n" + prose("Values from `params.yaml` (`train_<model>`), decimals rounded to 3 significant "
+                               "figures."))
+
+
+# export: the ONNX files' size, parity, int8 decision and speed.
+
+@dataclass(frozen=True)
+class ExportColumn:
+    """One file of the export: a model's fp32 file, or its int8 variant."""
+
+    name: str
+    int8: bool
+    figures: dict[str, Any]  # this file's entry of results/export/metrics.json
+    timings: dict[str, Any]  # the model's entry of results/export/timings.json
+    test_accuracy: float | None  # fp32: PyTorch's (results/evaluate/metrics.json), which the gate makes it equal
+
+    @property
+    def header(self) -> str:
+        if not self.int8:
+            return f"{self.name.upper()} (fp32)"
+        return f"{self.name.upper()} int8" + ("" if self.figures["kept"] else " (dropped)")
+
+    def timed(self, key: str) -> float | None:
+        """This file's figure of timings.json on onnxruntime's CPU provider."""
+        return self.timings.get(("onnxruntime_cpu_int8_" if self.int8 else "onnxruntime_cpu_") + key)
+
+    def fp32(self, key: str) -> Any:
+        """A figure that only the fp32 file has (parity is checked against PyTorch, int8 against nothing)."""
+        return None if self.int8 else self.figures.get(key)
+
+
+def export_columns(root: Path) -> list[ExportColumn]:
+    metrics = read_json(root, "results/export/metrics.json")
+    timings = read_json(root, "results/export/timings.json")
+    accuracy = read_json(root, "results/evaluate/metrics.json")
+    columns = []
+    for name in MODEL_NAMES:
+        if name not in metrics:
+            continue
+        timed = timings.get(name, {})
+        columns.append(ExportColumn(name, False, metrics[name], timed, accuracy.get(name, {}).get("test_accuracy")))
+        if "int8" in metrics[name]:
+            columns.append(ExportColumn(name, True, metrics[name]["int8"], timed, None))
+    return columns
+
+
+def maybe(value: Any, form: Callable[[Any], str]) -> str:
+    return MISSING if value is None else form(value)
+
+
+def int8_decision(c: ExportColumn, allowed: float) -> str:
+    if not c.int8:
+        return MISSING
+    verdict, drop = "kept" if c.figures["kept"] else "dropped", c.figures.get("valid_accuracy_drop")
+    return verdict if drop is None else f"{verdict}: {points(drop)} on validation ({points(allowed)} allowed)"
+
+
+def int8_valid_accuracy(c: ExportColumn) -> str:
+    f = c.figures
+    if not c.int8 or "valid_accuracy" not in f:
+        return MISSING
+    return f"{pct(f['valid_accuracy'])} ({points(f['valid_accuracy_drop'])})"
+
+
+def test_accuracy(c: ExportColumn) -> str:
+    if not c.int8:
+        return maybe(c.test_accuracy, pct)
+    f = c.figures
+    text = pct(f["test_accuracy"])
+    if "test_accuracy_batch_1" in f and "test_accuracy_batch_1000" in f:  # the worse of the two is test_accuracy
+        text = f"{pct(f['test_accuracy_batch_1'])} at batch 1, {pct(f['test_accuracy_batch_1000'])} at batch 1000"
+    return text + (f" ({points(f['test_accuracy_drop'])})" if "test_accuracy_drop" in f else "")
+
+
+def versus_torch(c: ExportColumn, key: str, form: Callable[[float], str]) -> str:
+    """onnxruntime's figure, and PyTorch's in brackets beside the fp32 file's."""
+    mine, torch = c.timed(key), c.timings.get(f"torch_{key}")
+    if mine is None:
+        return MISSING
+    return form(mine) + ("" if c.int8 or torch is None else f" ({form(torch)})")
+
+
+def export_block(root: Path) -> str:
+    columns = export_columns(root)
+    timings = read_json(root, "results/export/timings.json")
+    allowed = load_export(root / "params.yaml").quantize_max_accuracy_drop
+    batch = next((c.timings["batch_size"] for c in columns if "batch_size" in c.timings), None)
+    diff, times = (lambda v: f"{v:.1e}"), (lambda v: f"{v:.2f}×")
+    row_forms: list[tuple[str, Callable[[ExportColumn], str]]] = [
+        ("file size", lambda c: f"{sig(c.figures['file_bytes'] / 1e6)} MB"),
+        ("max \\|logit diff\\| vs PyTorch", lambda c: maybe(c.fp32("max_logit_diff"), diff)),
+        ("max \\|probability diff\\| vs PyTorch", lambda c: maybe(c.fp32("max_probability_diff"), diff)),
+        ("mismatched predictions vs PyTorch", lambda c: maybe(c.fp32("mismatched_predictions"), str)),
+        ("int8 file", lambda c: int8_decision(c, allowed)),
+        ("validation accuracy", int8_valid_accuracy),
+        ("test accuracy", test_accuracy),
+        ("test accuracy, onnxruntime CUDA", lambda c: maybe(c.fp32("cuda_test_accuracy"), pct)),
+        (f"images/s at batch {batch}, onnxruntime (PyTorch)",
+         lambda c: versus_torch(c, "images_per_s", lambda v: f"{v:,.0f}")),
+        (f"speed-up vs PyTorch at batch {batch}", lambda c: maybe(c.timed("speedup"), times)),
+        ("single-image latency, onnxruntime (PyTorch)",
+         lambda c: versus_torch(c, "latency_ms", lambda v: f"{sig(v)} ms")),
+        ("single-image speed-up vs PyTorch", lambda c: maybe(c.timed("latency_speedup"), times)),
+        (f"images/s at batch {batch}, onnxruntime CUDA",
+         lambda c: MISSING if c.int8 else maybe(c.timings.get("onnxruntime_cuda_images_per_s"), lambda v: f"{v:,.0f}")),
+    ]
+    rows = [(label, [form(c) for c in columns]) for label, form in row_forms]
+    threads = timings.get("threads")
+    machine = (f"On {threads} thread{'s' if threads != 1 else ''} for both engines "
+               f"({', '.join(timings.get('providers', []))}); fp32 matmul {timings['matmul_gflops_torch']} GFLOP/s in "
+               f"PyTorch and {timings['matmul_gflops_onnxruntime']} in onnxruntime, measured in the same run "
+               "(`results/export/timings.json`). " if "matmul_gflops_torch" in timings else "")
+    source = ("Parity, sizes and the int8 figures: `results/export/metrics.json`; the fp32 test accuracy is "
+              "PyTorch's (`results/evaluate/metrics.json`), which the gate lets no prediction differ from.")
+    return table(["figure", *(c.header for c in columns)], rows) + "\n\n" + prose(machine + source)
+
+
+# training-timings: how fast the committed run trained.
+
+def training_timings_block(root: Path) -> str:
+    rows = []
+    for name in TRAINED_NAMES:
+        timings = read_json(root, f"results/train/{name}/timings.json")
+        if timings:
+            rows.append((name.upper() if name in MODEL_NAMES else name,
+                         [workers(timings), str(len(timings["epochs"])), f"{timings['train_seconds']:.0f}",
+                          f"{timings['images_per_s']:,.0f}"]))
+    return (table(["model", "processes", "epochs", "train seconds", "images/s (whole run)"], rows)
+            + "\n\n" + prose("From `results/train/<model>/timings.json` (wall time of the training stage's epochs, "
+                               "not a declared metric)."))
+
+
+# tests: the suite's size, as pytest collects it.
+
+COLLECTED = re.compile(r"^(?:(?P<quick>\d+)/)?(?P<all>\d+) tests? collected(?: \((?P<deselected>\d+) deselected\))?",
+                       re.M)
+
+
+def count_tests(root: Path) -> tuple[int, int]:
+    """(every test, the quick loop's), from one `pytest --collect-only` that runs no test."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not e2e",
+                             "-p", "no:cacheprovider", "-o", "addopts="],
+                            cwd=root, capture_output=True, text=True)
+    found = COLLECTED.search(result.stdout)
+    if result.returncode != 0 or not found:
+        raise RuntimeError(f"pytest --collect-only failed (exit {result.returncode}):\n{result.stdout[-2000:]}"
+                           f"{result.stderr[-2000:]}")
+    every = int(found["all"])
+    return every, int(found["quick"] or every)
+
+
+def tests_block(root: Path) -> str:
+    every, quick = count_tests(root)
+    return prose(f"The suite has **{every}** tests; **{quick}** of them are the quick loop (`pytest -m \"not e2e\"`), "
+                 f"the other {every - quick} are marked `e2e` (counted by `pytest --collect-only`).")
+
+
+KINDS: dict[str, Callable[[Path], str]] = {
+    "results": results_block,
+    "parameters": parameters_block,
+    "export": export_block,
+    "training-timings": training_timings_block,
+    "tests": tests_block,
+}
+
+
+@cache
+def rendered(kind: str, root: Path = ROOT) -> str:
+    """The block's text, with a blank line either side so that Markdown sees a table, not the comment's tail."""
+    return "\n" + KINDS[kind](root) + "\n\n"
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str
+    line: int  # of its opening comment, 1-based
+    start: int  # offsets of its body in the document
+    end: int
+
+    @staticmethod
+    def all_in(text: str, name: str) -> list[Block]:
+        blocks = [Block(match["kind"], line_of(text, match.start()), match.start("body"), match.end("body"))
+                  for match in BLOCK.finditer(text)]
+        matched = {block.line for block in blocks}
+        for offset in (m.start() for m in re.finditer(re.escape(OPENING), text)):
+            if line_of(text, offset) not in matched:
+                raise ValueError(f"{name}:{line_of(text, offset)}: a generated block without its `{END}` line")
+        for block in blocks:
+            if block.kind not in KINDS:
+                raise ValueError(f"{name}:{block.line}: unknown generated block {block.kind!r}; known: "
+                                 f"{', '.join(KINDS)}")
+        return blocks
+
+
+def line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def filled(text: str, name: str, render: Callable[[str], str]) -> str:
+    """`text` with each generated block's body replaced by what `render(kind)` gives."""
+    out, done = [], 0
+    for block in Block.all_in(text, name):
+        out += [text[done:block.start], render(block.kind)]
+        done = block.end
+    return "".join(out) + text[done:]
+
+
+def stale_blocks(text: str, name: str, render: Callable[[str], str]) -> list[str]:
+    """One message per block whose committed body differs from the generated one, with a unified diff."""
+    problems = []
+    for block in Block.all_in(text, name):
+        committed, generated = text[block.start:block.end], render(block.kind)
+        if committed != generated:
+            diff = difflib.unified_diff(committed.splitlines(keepends=True), generated.splitlines(keepends=True),
+                                        f"{name} (committed)", f"{name} (generated)")
+            problems.append(f"{name}:{block.line}: generated block '{block.kind}' is stale (run `make docs`):\n"
+                            + "".join(diff))
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 listing each stale block")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in documents():
+        name, text = path.relative_to(ROOT).as_posix(), path.read_text()
+        if args.check:
+            stale += stale_blocks(text, name, rendered)
+        elif (new := filled(text, name, rendered)) != text:
+            write_text(path, new)
+            print(f"docs: wrote {name}")
+    for problem in stale:
+        print(problem, file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
