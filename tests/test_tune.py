@@ -3,6 +3,7 @@ params errors before any trial, and a trial reproduced exactly by its `dvc exp r
 
 import json
 import os
+import select
 import shlex
 import shutil
 import socket
@@ -10,7 +11,9 @@ import subprocess
 import signal
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import optuna
 import psutil
@@ -52,16 +55,53 @@ def journal(folder: Path) -> optuna.storages.BaseStorage:
         optuna.storages.journal.JournalFileBackend(str(folder / ".optuna" / "journal.log")))
 
 
-def run_together(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    processes = [subprocess.Popen(c, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for c in commands]
+@contextmanager
+def no_trial_created(storage: str) -> Iterator[Callable[[], None]]:
+    """While this holds, no process can create a trial in `storage` (reading the study goes on): the journal
+    file's own write lock, or a lock on PostgreSQL's trials table. Yields what keeps the journal lock from
+    looking abandoned: Optuna takes over a lock whose file has not changed for 30 s."""
+    if "://" in storage:
+        import psycopg
+        with psycopg.connect(storage) as connection:  # one transaction: the lock holds until it ends
+            connection.execute("LOCK TABLE trials IN EXCLUSIVE MODE")  # inserts wait, selects do not
+            yield lambda: None
+        return
+    lock = optuna.storages.journal.JournalFileSymlinkLock(storage)
+    lock.acquire()
+    try:
+        yield lambda: os.utime(storage)
+    finally:
+        lock.release()
+
+
+def start_together(commands: list[list[str]], folders: list[Path], storage: str) -> list[subprocess.CompletedProcess]:
+    """Start `commands` so that each has opened the study and counted its trials before any creates one (as two
+    commands started at the same moment can), then let them run to the end."""
+    run([*commands[0], "--trials", "0"], cwd=folders[0])  # the study exists first: creating it would wait too
+    with no_trial_created(storage) as keep_alive:
+        processes = [subprocess.Popen(c, cwd=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for c, f in zip(commands, folders)]
+        first_lines = {}
+        while len(first_lines) < len(processes):  # each prints its first line once it has counted the trials
+            ready, _, _ = select.select([p.stdout for p in processes if p not in first_lines], [], [], 1.0)
+            keep_alive()
+            for process in processes:
+                if process.stdout in ready:
+                    first_lines[process] = process.stdout.readline()
+                    assert first_lines[process], f"exited before its first line: {process.communicate()}"
     results = []
     for command, process in zip(commands, processes):
         out, err = process.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+        results.append(subprocess.CompletedProcess(command, process.returncode, first_lines[process] + out, err))
     for result in results:
         assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+        assert ": 0 trials so far;" in result.stdout.splitlines()[0]  # each counted none before it started
     return results
+
+
+# Every trial a random start-up one: its draw depends on its seed alone, not on how many trials had finished
+# when it started (which, on tiny data, is a matter of timing)
+RANDOM_DRAWS = {"sampler": {"startup_trials": 10}}
 
 
 def check_six_trials(study: optuna.Study) -> None:
@@ -69,13 +109,19 @@ def check_six_trials(study: optuna.Study) -> None:
     assert sorted(t.number for t in trials) == list(range(6))  # 6 distinct trials of one study
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
     assert sorted(t.user_attrs["seed"] for t in trials) == [2026 + n for n in range(6)]  # seed + trial number
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # parallel jobs drew different values
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == 6, drawn  # processes that started together drew different values
 
 
 def test_two_processes_share_one_study_in_the_journal_file(prepared, tmp_path):
-    folder = tune_project(tmp_path / "proj")
-    results = run_together([tune(folder, prepared, "--trials", "3") for _ in range(2)], cwd=folder)
-    check_six_trials(optuna.load_study(study_name="gru", storage=journal(folder)))
+    """Two terminals, or two clones on one machine, on one journal file, started at the same moment."""
+    folders = [tune_project(tmp_path / name, **RANDOM_DRAWS) for name in ("a", "b")]
+    storage = str(tmp_path / "shared" / "journal.log")
+    results = start_together([tune(f, prepared, "--trials", "3", "--storage", storage) for f in folders], folders,
+                             storage)
+    check_six_trials(optuna.load_study(study_name="gru", storage=optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage))))
+    folder = folders[1]
     report = folder / "results" / "tune" / "gru"
     for name in ("optimization_history.png", "param_importances.png", "intermediate_values.png", "timeline.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -85,9 +131,10 @@ def test_two_processes_share_one_study_in_the_journal_file(prepared, tmp_path):
     assert "retrain the best trial" in results[-1].stdout
 
     # A rerun of the same command continues the study (here: one more trial; of the two jobs, one finds the run's budget spent)
-    again = run([*tune(folder, prepared, "--trials", "1", "--jobs", "2")], cwd=folder)
+    again = run([*tune(folder, prepared, "--trials", "1", "--jobs", "2", "--storage", storage)], cwd=folder)
     assert "6 trials so far" in again.stdout
-    assert len(optuna.load_study(study_name="gru", storage=journal(folder)).trials) == 7
+    assert len(optuna.load_study(study_name="gru", storage=optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage))).trials) == 7
 
 
 def test_a_diverging_range_gives_failed_trials_and_the_study_goes_on(prepared, tmp_path):
@@ -211,14 +258,14 @@ def postgres_url():
 
 
 def test_two_processes_share_one_study_in_postgresql(prepared, tmp_path, postgres_url):
-    folder = tune_project(tmp_path / "proj")
-    # one process with two jobs of its own, one with one: three trial processes, as on two machines
-    run_together([tune(folder, prepared, "--trials", "3", "--jobs", "2", "--storage", postgres_url),
-                  tune(folder, prepared, "--trials", "3", "--storage", postgres_url)], cwd=folder)
+    folders = [tune_project(tmp_path / name, **RANDOM_DRAWS) for name in ("a", "b")]  # two clones, two machines
+    # one process with two jobs of its own, one with one: three trial processes, started at the same moment
+    start_together([tune(folders[0], prepared, "--trials", "3", "--jobs", "2", "--storage", postgres_url),
+                    tune(folders[1], prepared, "--trials", "3", "--storage", postgres_url)], folders, postgres_url)
     check_six_trials(optuna.load_study(study_name="gru", storage=postgres_url))  # read by a third process
-    shown = run(tune(folder, prepared, "--trials", "0", "--storage", postgres_url), cwd=folder)
+    shown = run(tune(folders[1], prepared, "--trials", "0", "--storage", postgres_url), cwd=folders[1])
     assert "6 trials so far" in shown.stdout and "| 1 |" in shown.stdout
-    assert not (folder / ".optuna").exists()  # nothing went to the default journal file
+    assert not any((f / ".optuna").exists() for f in folders)  # nothing went to the default journal file
 
 
 # --- a trial comes back into DVC as an experiment, with the same validation accuracy ------------------------

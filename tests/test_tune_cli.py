@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import deep_update, prepare_synthetic, train_project
+from conftest import ROOT, deep_update, prepare_synthetic, train_project
 from fmnist_seq import tune_cli
-from fmnist_seq.study import run_trials
+from fmnist_seq.search_space import load_tune, sample
+from fmnist_seq.study import open_storage, open_study, run_trials, sampler_seed
 from fmnist_seq.tune_report import exp_args, tidy, yaml_value
 
 
@@ -179,12 +180,34 @@ def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(monkeypatch, stopp
     try:
         if stopped:
             with pytest.raises(SystemExit) as stop:
-                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 0, 2)
+                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 2)
             assert stop.value.code == 130
         else:
             with pytest.raises(FileNotFoundError):
-                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 0, 2)
+                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 2)
     finally:
         study.stop_requested.clear()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+# --- processes that share a study --------------------------------------------------------------------------
+
+def test_processes_that_open_a_study_together_draw_different_trials(tmp_path):
+    """Two fmnist-tune commands started together both counted 0 trials and seeded their samplers alike, so they
+    trained the same start-up trials. Each trial now samples with its own seed, recorded on the trial."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = load_tune(params)
+    space = cfg.spaces["gru"]
+    storage = open_storage(str(tmp_path / "journal.log"))
+    a, b = (open_study("gru", storage, cfg, "gru", params["train_gru"], "data") for _ in range(2))  # nothing run yet
+    drawn = []
+    for process in (a, b, a, b):
+        trial = process.ask()
+        drawn.append(sample(trial, space))
+        process.tell(trial, 0.5)
+    assert len({tuple(sorted(d.items())) for d in drawn}) == 4, drawn
+
+    # A start-up (random) trial's values follow from its number's seed alone, whichever process drew them
+    again = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sampler_seed(cfg, 3)))
+    assert sample(again.ask(), space) == drawn[3]

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import optuna
 import psutil
 import torch
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_seq.config import TrainConfig, build
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
@@ -94,13 +96,54 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def make_sampler(cfg: TuneConfig, offset: int) -> optuna.samplers.BaseSampler:
-    """Seeded from the tune block. `offset` differs between the processes of one run and between runs of one
-    study, so that parallel jobs do not draw the same random start-up trials."""
-    seed = (cfg.seed + offset) % 2**32
-    if cfg.sampler.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.startup_trials)
+def sampler_seed(cfg: TuneConfig, number: int) -> int:
+    """The seed that trial `number` of a study samples with: its own, from tune.seed and its number, which the
+    storage gives to one trial only. Processes that share a study so draw different trials without agreeing on
+    anything, and a trial's draw depends on its recorded seed (and, past the start-up trials, on the trials
+    before it), not on which process ran it or what that process ran before."""
+    return int(np.random.SeedSequence([cfg.seed, number]).generate_state(1)[0])
+
+
+def make_sampler(cfg: TuneConfig) -> optuna.samplers.BaseSampler:
+    def sampler(seed: int) -> optuna.samplers.BaseSampler:
+        if cfg.sampler.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        # constant_liar: a running trial counts as a poor result, so parallel trials are not proposed again near
+        # one that is still training (Optuna 5 defaults to it; said here so that no new default drops it)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.startup_trials, constant_liar=True)
+    return TrialSeededSampler(sampler, lambda number: sampler_seed(cfg, number))
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Samples each trial with a sampler of its own, seeded for that trial (`seed_of(number)`): one seeded
+    sampler per process would repeat the draws of every other process that started with the same seed."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed_of: Callable[[int], int]):
+        self._make, self._seed_of = make, seed_of
+        self._number: int | None = None
+        self._sampler: optuna.samplers.BaseSampler | None = None
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if self._sampler is None or self._number != trial.number:  # a process runs one trial at a time
+            self._number, self._sampler = trial.number, self._make(self._seed_of(trial.number))
+        return self._sampler
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
 
 
 def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
@@ -140,10 +183,14 @@ def trial_block(base: Mapping[str, Any], values: Mapping[str, Any], cfg: TuneCon
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig, model: str,
-               base: Mapping[str, Any], data_sha256: str, offset: int) -> optuna.Study:
+               base: Mapping[str, Any], data_sha256: str) -> optuna.Study:
     """Create the study, or continue it: a rerun of the same command adds trials to the same study."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=make_sampler(cfg, offset), pruner=make_pruner(cfg))
+    sampler, pruner = make_sampler(cfg), make_pruner(cfg)
+    try:  # loaded first: creating writes to the storage even when the study exists (a journal line per process)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                    sampler=sampler, pruner=pruner)
     fail_stale_trials(study)
     attrs = study.user_attrs
     if not attrs:
@@ -202,9 +249,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())  # which process owns it (fail_stale_trials)
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("sampler_seed", sampler_seed(self.cfg, trial.number))  # what drew its values
         values = sample(trial, self.space)
         block = trial_block(self.base, values, self.cfg, trial.number)
-        trial.set_user_attr("seed", block["seed"])
+        trial.set_user_attr("seed", block["seed"])  # what trained it
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         try:
             train_cfg = build(TrainConfig, block, f"train_{self.model}")

@@ -87,7 +87,7 @@ class _NotATerminal:
 
 
 def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
-         space_name: str, base: dict, data_dir: Path, offset: int, cpus: int) -> None:
+         space_name: str, base: dict, data_dir: Path, cpus: int) -> None:
     """One of several trial processes (started with spawn: a clean interpreter, no copied torch state). It runs
     trials while `tickets` (a semaphore shared by the jobs, one per trial of this run) has one to give."""
     from fmnist_seq.distributed import die_with_launcher
@@ -102,7 +102,7 @@ def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: T
     try:
         data = load_prepared(data_dir)
         storage = open_storage(storage_url, jobs)
-        study = open_study(study_name, storage, cfg, model, base, data.sha256, offset + job)
+        study = open_study(study_name, storage, cfg, model, base, data.sha256)
         prefix = f"[job {job + 1}/{jobs}] "
         objective = Objective(model, cfg.spaces[space_name], base, cfg, data, say=lambda s: print(prefix + s, flush=True))
         run_trials(study, objective, take=lambda: tickets.acquire(block=False))
@@ -155,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = load_prepared(args.data)
     storage = open_storage(storage_url, args.jobs)
-    study = open_study(study_name, storage, cfg, args.model, base, data.sha256, 0)
-    offset = 7919 * len(study.get_trials(deepcopy=False))  # a continued study draws new start-up trials
+    study = open_study(study_name, storage, cfg, args.model, base, data.sha256)
     cpus = usable_cpus()
     print(f"{NAME}: study {study_name!r} in {display_url(storage_url)}: {len(study.trials)} trials so far; "
           f"{trials} more over {args.jobs} job(s) with {max(1, cpus // args.jobs)} thread(s) each, "
@@ -165,19 +164,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         if trials and args.jobs == 1:
             set_threads(1, cpus)
-            study = open_study(study_name, storage, cfg, args.model, base, data.sha256, offset)
+            study = open_study(study_name, storage, cfg, args.model, base, data.sha256)
             run_trials(study, Objective(args.model, space, base, cfg, data), trials=trials)
         elif trials:
-            interrupted = _run_jobs(args, cfg, trials, storage_url, study_name, space_name, base, offset, cpus)
+            interrupted = _run_jobs(args, cfg, trials, storage_url, study_name, space_name, base, cpus)
     except KeyboardInterrupt:
         interrupted = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report finish
-    report(args, cfg, open_study(study_name, storage, cfg, args.model, base, data.sha256, 0), interrupted)
+    report(args, cfg, open_study(study_name, storage, cfg, args.model, base, data.sha256), interrupted)
     return 130 if interrupted else 0
 
 
 def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_url: str, study_name: str,
-              space_name: str, base: dict, offset: int, cpus: int) -> bool:
+              space_name: str, base: dict, cpus: int) -> bool:
     """Start one process per job and wait; True when interrupted."""
     context = multiprocessing.get_context("spawn")
     # One pool of trials for all jobs, not a fixed share each: trials differ in length several times over (a
@@ -185,7 +184,7 @@ def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_ur
     # job that drew the short ones sat idle while the other still had a queue.
     tickets = context.Semaphore(trials)
     processes = [context.Process(target=_job, args=(i, args.jobs, tickets, storage_url, study_name, cfg, args.model,
-                                                    space_name, base, args.data, offset, cpus), name=f"job-{i + 1}")
+                                                    space_name, base, args.data, cpus), name=f"job-{i + 1}")
                  for i in range(min(args.jobs, trials))]
     for process in processes:
         process.start()
