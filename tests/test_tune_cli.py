@@ -177,14 +177,15 @@ def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(monkeypatch, stopp
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     cfg = type("Cfg", (), {"spaces": {"gru": None}})()
+    search = tune_cli.Search("gru", "gru", {}, cfg, None, "journal", "gru", jobs=2, cpus=2)
     try:
         if stopped:
             with pytest.raises(SystemExit) as stop:
-                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 2)
+                tune_cli._job(0, search, None)
             assert stop.value.code == 130
         else:
             with pytest.raises(FileNotFoundError):
-                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 2)
+                tune_cli._job(0, search, None)
     finally:
         study.stop_requested.clear()
         for sig, handler in handlers.items():

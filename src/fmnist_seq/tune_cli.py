@@ -18,7 +18,9 @@ import multiprocessing
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -26,8 +28,8 @@ from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
 from fmnist_seq.errors import Interrupted, ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
-from fmnist_seq.study import (Objective, StudyError, display_url, load_prepared, open_storage, open_study,
-                              run_trials, set_threads, stop_requested)
+from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
+                              open_storage, open_study, run_trials, set_threads, stop_requested)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
 
 NAME = "fmnist-tune"
@@ -86,8 +88,30 @@ class _NotATerminal:
         return getattr(self._stream, name)
 
 
-def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
-         space_name: str, base: dict, data_dir: Path, cpus: int) -> None:
+@dataclass(frozen=True)
+class Search:
+    """One run of the command: what every trial process needs to take part (pickled to the job processes)."""
+
+    model: str
+    space_name: str
+    base: dict[str, Any]  # the train_<model> block the trials change
+    cfg: TuneConfig
+    data_dir: Path
+    storage_url: str
+    study_name: str
+    jobs: int
+    cpus: int
+
+    def open(self, data: Prepared) -> optuna.Study:
+        storage = open_storage(self.storage_url, self.jobs)
+        return open_study(self.study_name, storage, self.cfg, self.model, self.base, data.sha256)
+
+    def objective(self, data: Prepared, prefix: str = "") -> Objective:
+        return Objective(self.model, self.cfg.spaces[self.space_name], self.base, self.cfg, data,
+                         say=lambda line: print(prefix + line, flush=True))
+
+
+def _job(job: int, search: Search, tickets) -> None:
     """One of several trial processes (started with spawn: a clean interpreter, no copied torch state). It runs
     trials while `tickets` (a semaphore shared by the jobs, one per trial of this run) has one to give."""
     from fmnist_seq.distributed import die_with_launcher
@@ -98,14 +122,12 @@ def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: T
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a terminal's Ctrl-C: the same (an ignored one stays so)
         signal.signal(signal.SIGINT, _interrupt)
     sys.unraisablehook = _unraisable
-    set_threads(jobs, cpus)
+    set_threads(search.jobs, search.cpus)
     try:
-        data = load_prepared(data_dir)
-        storage = open_storage(storage_url, jobs)
-        study = open_study(study_name, storage, cfg, model, base, data.sha256)
-        prefix = f"[job {job + 1}/{jobs}] "
-        objective = Objective(model, cfg.spaces[space_name], base, cfg, data, say=lambda s: print(prefix + s, flush=True))
-        run_trials(study, objective, take=lambda: tickets.acquire(block=False))
+        data = load_prepared(search.data_dir)
+        study = search.open(data)
+        run_trials(study, search.objective(data, f"[job {job + 1}/{search.jobs}] "),
+                   take=lambda: tickets.acquire(block=False))
     except KeyboardInterrupt:
         sys.exit(130)
     except PipelineError as exc:
@@ -133,8 +155,8 @@ def _unraisable(info) -> None:
         sys.__unraisablehook__(info)
 
 
-def run(args: argparse.Namespace) -> int:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command says what happens in its own lines
+def plan(args: argparse.Namespace) -> tuple[Search, int]:
+    """The search the command line and params.yaml describe, and its number of trials; checked before any."""
     params = read_params()
     cfg = build_tune(params.get("tune")) if "tune" in params else None
     if cfg is None:
@@ -151,41 +173,43 @@ def run(args: argparse.Namespace) -> int:
     base = params[block]
     build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
     trials = cfg.trials if args.trials is None else args.trials
-    storage_url, study_name = args.storage or cfg.storage, args.study or space_name
+    search = Search(args.model, space_name, base, cfg, args.data, args.storage or cfg.storage,
+                    args.study or space_name, args.jobs, usable_cpus())
+    return search, trials
 
-    data = load_prepared(args.data)
-    storage = open_storage(storage_url, args.jobs)
-    study = open_study(study_name, storage, cfg, args.model, base, data.sha256)
-    cpus = usable_cpus()
-    print(f"{NAME}: study {study_name!r} in {display_url(storage_url)}: {len(study.trials)} trials so far; "
-          f"{trials} more over {args.jobs} job(s) with {max(1, cpus // args.jobs)} thread(s) each, "
-          f"up to {cfg.epochs} epochs each, {cfg.pruner.name} pruning", flush=True)
+
+def run(args: argparse.Namespace) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command says what happens in its own lines
+    search, trials = plan(args)
+    data = load_prepared(search.data_dir)
+    study = search.open(data)
+    print(f"{NAME}: study {search.study_name!r} in {display_url(search.storage_url)}: {len(study.trials)} trials "
+          f"so far; {trials} more over {search.jobs} job(s) with {max(1, search.cpus // search.jobs)} thread(s) "
+          f"each, up to {search.cfg.epochs} epochs each, {search.cfg.pruner.name} pruning", flush=True)
     interrupted = False
     try:
-        if trials and args.jobs == 1:
-            set_threads(1, cpus)
-            study = open_study(study_name, storage, cfg, args.model, base, data.sha256)
-            run_trials(study, Objective(args.model, space, base, cfg, data), trials=trials)
+        if trials and search.jobs == 1:
+            set_threads(1, search.cpus)
+            run_trials(study, search.objective(data), trials=trials)
         elif trials:
-            interrupted = _run_jobs(args, cfg, trials, storage_url, study_name, space_name, base, cpus)
+            interrupted = _run_jobs(search, trials)
     except KeyboardInterrupt:
         interrupted = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report finish
-    report(args, cfg, open_study(study_name, storage, cfg, args.model, base, data.sha256), interrupted)
+    fail_stale_trials(study)  # a job killed outright left its trial running
+    report(args, search.cfg, study, interrupted)
     return 130 if interrupted else 0
 
 
-def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_url: str, study_name: str,
-              space_name: str, base: dict, cpus: int) -> bool:
+def _run_jobs(search: Search, trials: int) -> bool:
     """Start one process per job and wait; True when interrupted."""
     context = multiprocessing.get_context("spawn")
     # One pool of trials for all jobs, not a fixed share each: trials differ in length several times over (a
     # 64-wide RNN against a 2-layer bi-LSTM, a pruned trial against a finished one), and with fixed shares the
     # job that drew the short ones sat idle while the other still had a queue.
     tickets = context.Semaphore(trials)
-    processes = [context.Process(target=_job, args=(i, args.jobs, tickets, storage_url, study_name, cfg, args.model,
-                                                    space_name, base, args.data, cpus), name=f"job-{i + 1}")
-                 for i in range(min(args.jobs, trials))]
+    processes = [context.Process(target=_job, args=(i, search, tickets), name=f"job-{i + 1}")
+                 for i in range(min(search.jobs, trials))]
     for process in processes:
         process.start()
     try:
@@ -209,7 +233,7 @@ def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_ur
     return False
 
 
-def report(args: argparse.Namespace, cfg: TuneConfig, study, interrupted: bool) -> None:
+def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, interrupted: bool) -> None:
     folder = args.out / study.study_name
     print(("\ninterrupted: " if interrupted else "\n") + pruning(study, cfg.epochs).line(cfg.epochs))
     print(table(study, args.top))
