@@ -1,6 +1,10 @@
 """fmnist-tune's command line, in process: every mistake stops before any trial with one line naming it."""
 
+import multiprocessing
+import signal
+import sys
 import threading
+import time
 import warnings
 
 import matplotlib.pyplot as plt
@@ -8,9 +12,11 @@ import optuna
 import pytest
 import torch
 import yaml
+from optuna.trial import TrialState
 
 from conftest import ROOT, deep_update, prepare_synthetic, train_project
-from fmnist_seq import tune_cli
+from fmnist_seq import distributed, interrupts, study, tune_cli
+from fmnist_seq.errors import TrainingError
 from fmnist_seq.search_space import load_tune, sample
 from fmnist_seq.study import open_storage, open_study, run_trials, sampler_seed
 from fmnist_seq.tune_report import exp_args, tidy, yaml_value
@@ -28,6 +34,20 @@ def folder(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     yield tmp_path
     torch.set_num_threads(threads)  # a trial run in process sets this process's threads
+
+
+@pytest.fixture(autouse=True)
+def own_stop_handling(monkeypatch):
+    """fmnist-tune's main() and its jobs install this process's signal handlers, unraisable hook and stop state
+    (interrupts.py); each test here starts with fresh ones and gives pytest's back."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # a job wraps it
+    monkeypatch.setattr(interrupts, "_stop", interrupts._Stop())
+    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)  # a job run in this process
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def set_space(folder, space: dict) -> None:
@@ -156,40 +176,88 @@ def test_the_per_epoch_picture_drops_a_legend_too_long_to_fit(trials, legend):
 
 
 @pytest.mark.parametrize("stopped", [True, False], ids=["after-a-stop", "no-stop"])
-def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(monkeypatch, stopped):
+def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(folder, prepared, monkeypatch, stopped):
     """Ctrl-C in Optuna's journal-file lock release came out as FileNotFoundError (fresh-clone CI): after a stop
     that is exit 130 without a traceback; without one, the error still surfaces."""
-    import signal
-    import sys
-
-    from fmnist_seq import distributed, study
-
     def trial_in_the_lock(*_args, **_kwargs):
-        if stopped:
-            study.stop_requested.set()
+        if stopped:  # the handler noted the stop; its exception died in the lock's clean-up
+            interrupts.interrupted(signal.SIGINT)
         raise FileNotFoundError("journal.log.lock...rename")
 
-    for name in ("load_prepared", "open_storage", "open_study", "Objective", "set_threads"):
-        monkeypatch.setattr(tune_cli, name, lambda *a, **k: type("Data", (), {"sha256": ""})())
-    monkeypatch.setattr(tune_cli, "run_trials", trial_in_the_lock)
-    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)  # restored after the test, like the handlers below
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    cfg = type("Cfg", (), {"spaces": {"gru": None}})()
-    search = tune_cli.Search("gru", "gru", {}, cfg, None, "journal", "gru", jobs=2, cpus=2)
-    try:
-        if stopped:
-            with pytest.raises(SystemExit) as stop:
-                tune_cli._job(0, search, None)
-            assert stop.value.code == 130
+    monkeypatch.setattr(study, "fit", trial_in_the_lock)
+    search, _ = tune_cli.plan(tune_cli.parser().parse_args(["--model", "gru", "--data", str(prepared)]))
+    if stopped:
+        with pytest.raises(SystemExit) as stop:
+            tune_cli._job(0, search, multiprocessing.Semaphore(2))
+        assert stop.value.code == 130
+    else:
+        with pytest.raises(FileNotFoundError):
+            tune_cli._job(0, search, multiprocessing.Semaphore(2))
+
+
+# --- stops: Ctrl-C (SIGINT), `kill` (SIGTERM), and either one landing in a destructor -----------------------
+
+class _StopInDestructor:
+    """Like tqdm's progress bar: its destructor runs whenever the collector gets to it, here with a signal."""
+
+    def __init__(self, sig: signal.Signals):
+        self.sig = sig
+
+    def __del__(self):
+        signal.raise_signal(self.sig)  # the signal's handler runs inside this destructor
+        sum(range(1000))
+
+
+def stopping_fit(sig: signal.Signals, where: str):
+    """A trial's training that receives `sig` (in a destructor, or plainly), then runs until the stop reaches it."""
+    def fit(*_args, **_kwargs):
+        if where == "destructor":
+            _StopInDestructor(sig)  # gone at once
         else:
-            with pytest.raises(FileNotFoundError):
-                tune_cli._job(0, search, None)
-    finally:
-        study.stop_requested.clear()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+            signal.raise_signal(sig)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the stop must reach this loop, not be lost in the destructor
+            pass
+        raise TrainingError("the stop was lost")
+    return fit
+
+
+STOPS = pytest.mark.parametrize("sig, where", [(signal.SIGINT, "signal"), (signal.SIGTERM, "signal"),
+                                               (signal.SIGINT, "destructor"), (signal.SIGTERM, "destructor")],
+                                ids=["ctrl-c", "kill", "ctrl-c-in-a-destructor", "kill-in-a-destructor"])
+
+
+def journal_study(folder) -> optuna.Study:
+    return optuna.load_study(study_name="gru", storage=open_storage(str(folder / ".optuna" / "journal.log")))
+
+
+@STOPS
+def test_a_stopped_search_in_one_process_closes_its_trial_and_writes_the_report(folder, prepared, capsys, monkeypatch,
+                                                                              sig, where):
+    """fmnist-tune --jobs 1 runs its trials in its own process: a stop there is the stop of the search."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts it, whatever started pytest
+    monkeypatch.setattr(study, "fit", stopping_fit(sig, where))
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 130, err
+    assert err == "" and "interrupted: 1 trials: 0 finished, 0 pruned (0%), 1 failed" in out, out + err
+    assert (folder / "results/tune/gru/summary.md").is_file()
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]  # and no second trial
+
+
+@STOPS
+def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, monkeypatch, sig, where):
+    """One of fmnist-tune --jobs N's trial processes (run here in this process: the code a spawned job runs)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(study, "fit", stopping_fit(sig, where))
+    search, _ = tune_cli.plan(tune_cli.parser().parse_args(["--model", "gru", "--data", str(prepared)]))
+    with pytest.raises(SystemExit) as exited:
+        tune_cli._job(0, search, multiprocessing.Semaphore(2))
+    err = capsys.readouterr().err
+    assert exited.value.code == 130, err
+    assert err == ""
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]
 
 
 # --- processes that share a study --------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,11 @@ import torch
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist_seq import interrupts
 from fmnist_seq.config import TrainConfig, build
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
-from fmnist_seq.errors import Interrupted, ParamsError, PipelineError, TrainingError
+from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
 from fmnist_seq.search_space import Space, TuneConfig, apply, sample
 from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.training import EpochRecord, fit
@@ -37,11 +37,6 @@ from fmnist_seq.training import EpochRecord, fit
 # What a study remembers of how it was started; a later run against other data or another base block would
 # mix trials that are not comparable, so it is refused.
 ATTR_MODEL, ATTR_BASE, ATTR_DATA = "model", "base_block", "data_sha256"
-
-
-# Set when this process is asked to stop (SIGTERM from fmnist-tune, Ctrl-C): the signal handler raises at once,
-# but an exception raised inside a destructor is swallowed, so trials also check this after every epoch.
-stop_requested = threading.Event()
 
 
 class StudyError(PipelineError):
@@ -264,8 +259,6 @@ class Objective:
         start = time.perf_counter()
 
         def on_epoch(record: EpochRecord) -> None:
-            if stop_requested.is_set():
-                raise Interrupted("SIGTERM")
             self.say(f"trial {trial.number}: epoch {record.epoch}/{train_cfg.epochs} valid accuracy "
                      f"{record.valid_accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
             trial.report(record.valid_accuracy, record.epoch)
@@ -301,16 +294,23 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int | None = N
                take: Callable[[], bool] | None = None) -> None:
     """Trials in this process: `trials` of them, or one each time `take()` grants one (a budget shared with
     other processes) until it refuses. A failed trial (refused params, divergence) is logged and the study goes
-    on; Ctrl-C stops after marking the running trial failed."""
+    on; a stop (interrupts.py) ends it after Optuna has marked the running trial failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
     def optimize(n: int) -> None:
-        study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True,
-                       callbacks=[lambda study, _trial: study.stop() if stop_requested.is_set() else None])
-    if take is None:
-        optimize(trials or 0)
-        return
-    while not stop_requested.is_set() and take():
-        optimize(1)
+        study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True)
+    try:
+        if take is None:
+            optimize(trials or 0)
+            return
+        while not interrupts.requested() and take():
+            optimize(1)
+    except Exception:
+        # A stop that lands inside the storage's own clean-up comes out as another error: Optuna's journal lock,
+        # interrupted between unlinking its file and returning, unlinks it again (FileNotFoundError). Optuna has
+        # closed the trial as failed by then; after a stop, that is the stop, not a crash.
+        if not interrupts.requested():
+            raise
+        raise interrupts.interrupted() from None
 
 
 def threads_per_job(jobs: int, cpus: int) -> int:

@@ -24,12 +24,13 @@ from typing import Any
 
 import optuna
 
+from fmnist_seq import interrupts
 from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
-from fmnist_seq.errors import Interrupted, ParamsError, PipelineError
+from fmnist_seq.errors import ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
 from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
-                              open_storage, open_study, run_trials, set_threads, stop_requested)
+                              open_storage, open_study, run_trials, set_threads)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
 
 NAME = "fmnist-tune"
@@ -116,12 +117,9 @@ def _job(job: int, search: Search, tickets) -> None:
     trials while `tickets` (a semaphore shared by the jobs, one per trial of this run) has one to give."""
     from fmnist_seq.distributed import die_with_launcher
     die_with_launcher()  # never outlive the fmnist-tune that started it
+    interrupts.install()  # SIGTERM from fmnist-tune, or a terminal's Ctrl-C: close the running trial, then stop
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sys.stderr = _NotATerminal(sys.stderr)
-    signal.signal(signal.SIGTERM, _interrupt)  # from the parent: close the running trial as failed, then stop
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a terminal's Ctrl-C: the same (an ignored one stays so)
-        signal.signal(signal.SIGINT, _interrupt)
-    sys.unraisablehook = _unraisable
     set_threads(search.jobs, search.cpus)
     try:
         data = load_prepared(search.data_dir)
@@ -133,26 +131,6 @@ def _job(job: int, search: Search, tickets) -> None:
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except Exception:
-        # A stop that lands inside the storage's own clean-up comes out as another error: Optuna's journal lock,
-        # interrupted between unlinking its file and returning, unlinks it again (FileNotFoundError). Optuna has
-        # closed the trial as failed by then; after a stop, that is the stop, not a crash.
-        if not stop_requested.is_set():
-            raise
-        sys.exit(130)
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    first = not stop_requested.is_set()
-    stop_requested.set()
-    if first:  # once: a second signal must not cut short the closing of the trial
-        raise Interrupted(signal.Signals(signum).name)
-
-
-def _unraisable(info) -> None:
-    # A stop that lands in a destructor is swallowed there (the trial notices it after its epoch): no traceback.
-    if not isinstance(info.exc_value, KeyboardInterrupt):
-        sys.__unraisablehook__(info)
 
 
 def plan(args: argparse.Namespace) -> tuple[Search, int]:
@@ -195,10 +173,10 @@ def run(args: argparse.Namespace) -> int:
             interrupted = _run_jobs(search, trials)
     except KeyboardInterrupt:
         interrupted = True
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report finish
-    fail_stale_trials(study)  # a job killed outright left its trial running
-    report(args, search.cfg, study, interrupted)
-    return 130 if interrupted else 0
+    with interrupts.deferred():  # a stop now lets the report finish
+        fail_stale_trials(study)  # a job killed outright left its trial running
+        report(args, search.cfg, study, interrupted or interrupts.requested())
+    return 130 if interrupted or interrupts.requested() else 0
 
 
 def _run_jobs(search: Search, trials: int) -> bool:
@@ -252,7 +230,7 @@ def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, inter
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a scheduler's stop: like Ctrl-C, with the report
+    interrupts.install()  # Ctrl-C, `kill`, a scheduler's stop: the running trials fail, the report is written
     try:
         code = run(args)
     except PipelineError as exc:
