@@ -9,7 +9,9 @@ import shutil
 import socket
 import subprocess
 import signal
+import sys
 import tempfile
+import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +98,7 @@ def start_together(commands: list[list[str]], folders: list[Path], storage: str)
     for result in results:
         assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
         assert ": 0 trials so far;" in result.stdout.splitlines()[0]  # each counted none before it started
+        assert result.stderr == "", result.stderr  # the program's own lines only (no library warnings)
     return results
 
 
@@ -214,6 +217,53 @@ def test_trials_of_a_killed_search_are_closed_by_the_next_run(prepared, tmp_path
     assert "2 failed" in report.stdout and "running" not in report.stdout
 
 
+# A stand-in for a trial's training, set before fmnist-tune runs; a spawned job runs this file first as well
+STAND_IN = textwrap.dedent("""
+    import os, signal, sys, time
+    from fmnist_seq import study, tune_cli
+    from fmnist_seq.errors import TrainingError
+
+    def fit(*_args, **_kwargs):
+        how = os.environ["TRIAL"]
+        if how == "out-of-memory":  # what torch's CPU allocator raises
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        os.kill(os.getpid(), signal.SIGKILL if how == "killed" else signal.SIGTERM)  # `kill` of this job alone
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the stop must reach this loop
+            pass
+        raise TrainingError("the stop was lost")
+
+    study.fit = fit
+    if __name__ == "__main__":
+        tune_cli.main()
+""")
+
+
+@pytest.mark.parametrize("how", ["out-of-memory", "stopped", "killed"])
+def test_what_becomes_of_a_job_its_search_reports(prepared, tmp_path, how):
+    """A trial out of memory is a failed trial; a job stopped by itself stops the search; a job killed outright
+    is an error. Each time: the report is written, every trial is closed, and no traceback."""
+    folder = tune_project(tmp_path / "proj")
+    (folder / "tune.py").write_text(STAND_IN)
+    result = run([sys.executable, "tune.py", "--model", "gru", "--data", str(prepared), "--trials", "3", "--jobs", "2"],
+                 cwd=folder, check=False, env={**os.environ, "TRIAL": how})
+    trials = optuna.load_study(study_name="gru", storage=journal(folder)).trials
+    assert (folder / "results/tune/gru/summary.md").is_file()
+    assert trials and all(t.state == TrialState.FAIL for t in trials), [t.state for t in trials]
+    assert "Traceback" not in result.stderr
+    if how == "out-of-memory":
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert len(trials) == 3 and all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
+    elif how == "stopped":
+        assert result.returncode == 130 and result.stderr == "", result.stderr
+        assert "interrupted: " in result.stdout
+    else:
+        assert result.returncode == 1
+        assert result.stderr.strip() == ("fmnist-tune: error: job-1 was killed by SIGKILL (out of memory?); job-2 "
+                                         "was killed by SIGKILL (out of memory?); the study keeps every finished "
+                                         "trial and the report is written")
+
+
 # --- PostgreSQL: one study shared by processes that could be on different machines ---------------------
 
 def _postgres_bin() -> Path | None:
@@ -264,7 +314,7 @@ def test_two_processes_share_one_study_in_postgresql(prepared, tmp_path, postgre
                     tune(folders[1], prepared, "--trials", "3", "--storage", postgres_url)], folders, postgres_url)
     check_six_trials(optuna.load_study(study_name="gru", storage=postgres_url))  # read by a third process
     shown = run(tune(folders[1], prepared, "--trials", "0", "--storage", postgres_url), cwd=folders[1])
-    assert "6 trials so far" in shown.stdout and "| 1 |" in shown.stdout
+    assert "6 trials so far" in shown.stdout and "| 1 |" in shown.stdout and shown.stderr == ""
     assert not any((f / ".optuna").exists() for f in folders)  # nothing went to the default journal file
 
 

@@ -260,6 +260,52 @@ def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, 
     assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]
 
 
+# --- fmnist-tune's own failures: one line, the right exit code, the study kept ------------------------------
+
+def test_an_unwritable_storage_or_report_folder_is_one_line(folder, prepared, capsys, monkeypatch):
+    data = ["--model", "gru", "--data", str(prepared)]
+    (folder / "a-file").write_text("")  # a folder cannot be made below it, whoever runs the test (root too)
+    err = fails(capsys, *data, "--storage", str(folder / "a-file" / "journal.log"))
+    assert f"cannot open the journal file {folder}/a-file/journal.log" in err and "give --storage" in err
+    err = fails(capsys, *data, "--trials", "0", "--out", str(folder / "a-file" / "tune"))
+    assert f"cannot write the report to {folder}/a-file/tune/gru" in err  # before any trial
+
+    # A folder that stops being writable during the search: the report's error, the study's trials kept
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params["tune"], {"epochs": 1})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    def no_space(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tune_cli, "write_results", no_space)
+    err = fails(capsys, *data, "--trials", "1")
+    assert "cannot write the report to results/tune/gru: No space left on device; the study keeps its" in err
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.COMPLETE]
+
+
+def test_a_trial_out_of_memory_fails_and_the_search_goes_on(folder, prepared, capsys, monkeypatch):
+    def out_of_memory(*_args, **_kwargs):  # what torch's CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 100000000000000 bytes. Error code 12")
+    monkeypatch.setattr(study, "fit", out_of_memory)
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, err
+    assert err == "" and out.count("failed: out of memory: [enforce fail") == 2, out
+    assert "2 trials: 0 finished, 0 pruned (0%), 2 failed" in out and (folder / "results/tune/gru/trials.csv").is_file()
+    trials = journal_study(folder).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
+
+
+def test_a_database_storage_prints_no_warning_of_optuna(tmp_path):
+    """heartbeat_interval is experimental in Optuna: its warning came before every process's first line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_storage(f"sqlite:///{tmp_path}/study.db")
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)], caught
+
+
 # --- processes that share a study --------------------------------------------------------------------------
 
 def test_processes_that_open_a_study_together_draw_different_trials(tmp_path):

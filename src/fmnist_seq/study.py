@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -59,8 +60,12 @@ def open_storage(url: str, jobs: int = 1) -> optuna.storages.BaseStorage:
         # Absolute: the file lock is a symlink to this path, and a relative one dangles from inside .optuna/, so a
         # lock left by a killed process could never be recognized as stale (Optuna retries it forever).
         path = Path(url).absolute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+        except OSError as exc:
+            raise StudyError(f"cannot open the journal file {path}: {exc.strerror or exc}: give --storage (or "
+                             "tune.storage) a path in a folder you can write") from None
         return optuna.storages.journal.JournalStorage(backend)
     if url.startswith("sqlite") and jobs > 1:
         raise StudyError(f"{url}: SQLite cannot serve {jobs} parallel jobs (its writers lock each other out); "
@@ -80,9 +85,13 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     # duplicate name. The tables exist by then: try again.
     for attempt in range(attempts):
         try:
-            # heartbeat: a trial whose machine died or lost the network is failed by the next process that looks
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=60,
-                                              grace_period=300)
+            # heartbeat: a trial whose machine died or lost the network is failed by the next process that looks.
+            # Optuna marks heartbeat_interval experimental with a two-line warning in every process: not the user's
+            # business, who should see this program's own lines only.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=60,
+                                                  grace_period=300)
         except Exception as exc:
             racing = "duplicate key" in str(exc) or "already exists" in str(exc)
             if not racing or attempt == attempts - 1:
@@ -278,12 +287,26 @@ class Objective:
             self.say(f"trial {trial.number}: failed: {exc}")
             trial.set_user_attr("error", str(exc))
             raise
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            # A failed trial, not a crash of the search: the next values (a smaller batch or model) may fit.
+            error = f"out of memory: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]}"
+            self.say(f"trial {trial.number}: failed: {error}")
+            trial.set_user_attr("error", error)
+            raise TrainingError(error) from None
         trial.set_user_attr("selected_epoch", result.selected_epoch)
         trial.set_user_attr("valid_loss", result.selected.valid_loss)
         value = result.selected.valid_accuracy
         self.say(f"trial {trial.number}: valid accuracy {value:.4f} (epoch {result.selected_epoch} of "
                  f"{len(result.history)}, {time.perf_counter() - start:.0f} s)")
         return value
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; torch's CPU allocator a plain RuntimeError that says so
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _short(value: Any) -> str:
@@ -293,8 +316,8 @@ def _short(value: Any) -> str:
 def run_trials(study: optuna.Study, objective: Objective, trials: int | None = None,
                take: Callable[[], bool] | None = None) -> None:
     """Trials in this process: `trials` of them, or one each time `take()` grants one (a budget shared with
-    other processes) until it refuses. A failed trial (refused params, divergence) is logged and the study goes
-    on; a stop (interrupts.py) ends it after Optuna has marked the running trial failed."""
+    other processes) until it refuses. A failed trial (refused params, divergence, out of memory) is logged and
+    the study goes on; a stop (interrupts.py) ends it after Optuna has marked the running trial failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
     def optimize(n: int) -> None:
         study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True)

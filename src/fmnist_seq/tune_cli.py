@@ -161,26 +161,35 @@ def run(args: argparse.Namespace) -> int:
     search, trials = plan(args)
     data = load_prepared(search.data_dir)
     study = search.open(data)
+    report_folder = args.out / search.study_name
+    try:  # now, not after the trials: a report that cannot be written would lose nothing but time
+        report_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot write the report to {report_folder}: {exc.strerror or exc}: give --out a "
+                         "folder you can write") from None
     print(f"{NAME}: study {search.study_name!r} in {display_url(search.storage_url)}: {len(study.trials)} trials "
           f"so far; {trials} more over {search.jobs} job(s) with {max(1, search.cpus // search.jobs)} thread(s) "
           f"each, up to {search.cfg.epochs} epochs each, {search.cfg.pruner.name} pruning", flush=True)
-    interrupted = False
+    interrupted, failed = False, []
     try:
         if trials and search.jobs == 1:
             set_threads(1, search.cpus)
             run_trials(study, search.objective(data), trials=trials)
         elif trials:
-            interrupted = _run_jobs(search, trials)
+            failed = _run_jobs(search, trials)
     except KeyboardInterrupt:
         interrupted = True
     with interrupts.deferred():  # a stop now lets the report finish
-        fail_stale_trials(study)  # a job killed outright left its trial running
+        fail_stale_trials(study)  # a job killed outright (out of memory) left its trial running
         report(args, search.cfg, study, interrupted or interrupts.requested())
+    if failed:
+        raise StudyError(f"{'; '.join(failed)}; the study keeps every finished trial and the report is written")
     return 130 if interrupted or interrupts.requested() else 0
 
 
-def _run_jobs(search: Search, trials: int) -> bool:
-    """Start one process per job and wait; True when interrupted."""
+def _run_jobs(search: Search, trials: int) -> list[str]:
+    """Start one process per job and wait; returns what went wrong with each job that failed, raises
+    Interrupted on a stop (of this process, or of a job by itself)."""
     context = multiprocessing.get_context("spawn")
     # One pool of trials for all jobs, not a fixed share each: trials differ in length several times over (a
     # 64-wide RNN against a 2-layer bi-LSTM, a pruned trial against a finished one), and with fixed shares the
@@ -204,18 +213,29 @@ def _run_jobs(search: Search, trials: int) -> bool:
                 process.terminate()
         for process in processes:
             process.join()
-        return True
-    failed = [p.name for p in processes if p.exitcode not in (0, None)]
-    if failed:
-        raise StudyError(f"{', '.join(failed)} stopped with an error (above); the study keeps every finished trial")
-    return False
+        raise
+    if any(p.exitcode == 130 for p in processes):  # a job stopped by itself (`kill` of its pid): a stop
+        raise interrupts.interrupted()
+    return [f"{p.name} {_ended(p.exitcode)}" for p in processes if p.exitcode != 0]
+
+
+def _ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return "stopped with an error (above)"
 
 
 def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, interrupted: bool) -> None:
     folder = args.out / study.study_name
     print(("\ninterrupted: " if interrupted else "\n") + pruning(study, cfg.epochs).line(cfg.epochs))
     print(table(study, args.top))
-    skipped = write_results(study, folder, cfg.epochs, args.top)
+    try:
+        skipped = write_results(study, folder, cfg.epochs, args.top)
+    except OSError as exc:
+        raise StudyError(f"cannot write the report to {folder}: {exc.strerror or exc}; the study keeps its trials: "
+                         f"`{NAME} --model {study.user_attrs.get('model')} --trials 0 --out FOLDER` writes it "
+                         "elsewhere") from None
     print(f"report: {folder}/summary.md, trials.csv and pictures"
           + "".join(f"\n  {name} skipped: {why}" for name, why in skipped.items()))
     best = finished(study)
