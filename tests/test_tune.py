@@ -23,7 +23,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import VENV_BIN, deep_update, dvc, prepare_synthetic, run, train_project
+from conftest import VENV_BIN, deep_update, dvc, prepare_synthetic, run, train_project, write_params
+from fmnist_seq.study import stale_trial_attr
 
 pytestmark = pytest.mark.e2e
 TUNE = str(VENV_BIN / "fmnist-tune")
@@ -166,6 +167,7 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until two trials have finished
+            assert process.poll() is None, f"fmnist-tune ended ({process.returncode}): {process.communicate()}"
             time.sleep(1)
             log = folder / ".optuna" / "journal.log"
             if log.exists():
@@ -186,34 +188,44 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     assert process.returncode == 130, err
     assert "interrupted: " in out and "| rank | trial | valid acc |" in out and "dvc exp run -n gru-trial-" in out
     assert (folder / "results/tune/gru/summary.md").is_file()
-    time.sleep(1)
-    assert not [j for j in jobs if j.is_running() and j.status() != psutil.STATUS_ZOMBIE]  # no job trains on
+    # fmnist-tune waits for its jobs before it ends; multiprocessing's resource tracker ends after it
+    _, alive = psutil.wait_procs(jobs, timeout=30)
+    assert not [j for j in alive if j.status() != psutil.STATUS_ZOMBIE], alive  # no job trains on
     study = optuna.load_study(study_name="gru", storage=journal(folder))
     assert not study.get_trials(states=(TrialState.RUNNING,))  # the interrupted trials are closed (failed)
     assert "Traceback" not in err
 
 
 def test_trials_of_a_killed_search_are_closed_by_the_next_run(prepared, tmp_path):
-    folder = tune_project(tmp_path / "proj", epochs=50)  # long trials: both jobs are inside one when killed
-    process = subprocess.Popen(tune(folder, prepared, "--trials", "10", "--jobs", "2"), cwd=folder,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # A trial that ends only when the test lets it: no pruner, no early stopping, and each job frozen (SIGSTOP) as
+    # soon as the storage shows it inside its trial. Two trials for two jobs: both are RUNNING when the search is
+    # killed, on any machine. (Pruned 50-epoch trials let the search end before a poll saw both.)
+    folder = tune_project(tmp_path / "proj", epochs=1000, pruner={"name": "none"})
+    write_params(folder, {"train_gru": {"patience": 0}})
+    process = subprocess.Popen(tune(folder, prepared, "--trials", "2", "--jobs", "2"), cwd=folder,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    frozen: set[int] = set()
     try:
-        deadline = time.monotonic() + 300
-        running = []
-        while time.monotonic() < deadline and len(running) < 2:
-            time.sleep(1)
+        deadline = time.monotonic() + 300  # a safety net: each job starts its trial within seconds
+        while len(frozen) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, f"fmnist-tune ended ({process.returncode}): {process.communicate()}"
             if (folder / ".optuna" / "journal.log").exists():
-                running = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials(
-                    states=(TrialState.RUNNING,))
+                for trial in optuna.load_study(study_name="gru", storage=journal(folder)).get_trials(
+                        states=(TrialState.RUNNING,)):
+                    pid = trial.user_attrs.get("pid")  # set first thing in the trial
+                    if pid is not None and pid not in frozen:
+                        os.kill(pid, signal.SIGSTOP)
+                        frozen.add(pid)
+            time.sleep(0.2)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # nothing can close its trials: kill -9, out of memory
         process.wait()
-    assert len(running) == 2
-    time.sleep(1)
+    assert len(frozen) == 2
+    # The jobs may linger as zombies (nobody reaps an orphan in some containers): ended all the same
     report = run(tune(folder, prepared, "--trials", "0"), cwd=folder)
-    trials = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials()
-    assert {t.state for t in trials} == {TrialState.FAIL}, [t.state for t in trials]
-    assert all("ended without closing it" in t.user_attrs["error"] for t in trials)
+    study = optuna.load_study(study_name="gru", storage=journal(folder))
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert all("ended without closing it" in study.user_attrs[stale_trial_attr(t.number)] for t in study.trials)
     assert "2 failed" in report.stdout and "running" not in report.stdout
 
 

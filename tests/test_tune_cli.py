@@ -2,6 +2,7 @@
 
 import multiprocessing
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -9,6 +10,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import optuna
+import psutil
 import pytest
 import torch
 import yaml
@@ -18,7 +20,7 @@ from conftest import ROOT, deep_update, prepare_synthetic, train_project
 from fmnist_seq import distributed, interrupts, study, tune_cli
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.search_space import load_tune, sample
-from fmnist_seq.study import open_storage, open_study, run_trials, sampler_seed
+from fmnist_seq.study import fail_stale_trials, open_storage, open_study, run_trials, sampler_seed
 from fmnist_seq.tune_report import exp_args, tidy, yaml_value
 
 
@@ -326,3 +328,26 @@ def test_processes_that_open_a_study_together_draw_different_trials(tmp_path):
     # A start-up (random) trial's values follow from its number's seed alone, whichever process drew them
     again = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sampler_seed(cfg, 3)))
     assert sample(again.ask(), space) == drawn[3]
+
+
+def test_a_trial_whose_process_is_a_zombie_or_another_is_closed(tmp_path):
+    """After a SIGKILL the next run left a trial RUNNING: its job, a zombie not yet reaped, still had a pid. A pid
+    that an unrelated process got again is the same case."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # ended, not reaped: this test waits on it
+        time.sleep(0.01)
+    killed = optuna.create_study(storage=open_storage(str(tmp_path / "journal.log")))
+    trials = [killed.ask() for _ in range(3)]
+    owners = [{"pid": child.pid, "pid_started": psutil.Process(child.pid).create_time()},  # a zombie
+              {"pid": psutil.Process().pid, "pid_started": psutil.Process().create_time() - 3600},  # pid reused
+              {"pid": psutil.Process().pid, "pid_started": psutil.Process().create_time()}]  # alive: this process
+    for trial, owner in zip(trials, owners):
+        trial.set_user_attr("host", study.owner()["host"])
+        for key, value in owner.items():
+            trial.set_user_attr(key, value)
+    try:
+        assert fail_stale_trials(killed) == [0, 1]
+    finally:
+        child.wait()
+    assert [t.state for t in killed.trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING]
+    assert "its process" in killed.user_attrs[study.stale_trial_attr(0)]

@@ -215,6 +215,28 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
     return study
 
 
+def owner() -> dict[str, Any]:
+    """The trial attributes that name this process: its host, pid and start time (a pid alone also names a
+    dead process not yet reaped, a zombie, and, later, an unrelated process that got the number again)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time()}
+
+
+def process_ended(pid: int, started: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        # the start time as psutil derives it from the boot time can move by a second when the clock is set
+        return started is not None and abs(process.create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stale_trial_attr(number: int) -> str:
+    """The study attribute that says why trial `number` was closed by another process than its own."""
+    return f"trial {number} error"
+
+
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Close the trials left running by a process of this machine that no longer exists (killed by SIGKILL,
     out of memory, a reboot): the journal file has no heartbeat, and a trial left running forever would count
@@ -223,10 +245,13 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") != host or not isinstance(pid, int) or psutil.pid_exists(pid):
+        if trial.user_attrs.get("host") != host or not isinstance(pid, int) or \
+                not process_ended(pid, trial.user_attrs.get("pid_started")):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"its process ({pid}) ended without closing it")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        # Optuna 5.1 has no public call that sets a user attribute on a trial this process did not start (only its
+        # storage's private API does), so the reason goes to the study's own attributes.
+        study.set_user_attr(stale_trial_attr(trial.number), f"its process ({pid}) ended without closing it")
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # another process may be closing it too
         closed.append(trial.number)
     return closed
 
@@ -251,8 +276,8 @@ class Objective:
         self.model, self.space, self.base, self.cfg, self.data, self.say = model, space, base, cfg, data, say
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("host", socket.gethostname())  # which process owns it (fail_stale_trials)
-        trial.set_user_attr("pid", os.getpid())
+        for key, value in owner().items():  # which process owns it (fail_stale_trials)
+            trial.set_user_attr(key, value)
         trial.set_user_attr("sampler_seed", sampler_seed(self.cfg, trial.number))  # what drew its values
         values = sample(trial, self.space)
         block = trial_block(self.base, values, self.cfg, trial.number)
