@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -135,3 +136,65 @@ def test_two_nodes_started_by_torchrun_train_like_the_stage(prepared, tmp_path):
     stage = project(tmp_path / "stage", workers=2, epochs=2)
     assert train_stage(stage, prepared).returncode == 0
     assert (nodes / "gru.pt").read_bytes() == (stage / "gru.pt").read_bytes()
+
+
+# The training launcher under a stop: `launch` in a stage, its monitoring loop told the signal once both workers
+# are up (in a destructor, or plainly); the workers wait to be stopped.
+LAUNCHER = textwrap.dedent("""
+    import signal, sys, threading, time
+    from pathlib import Path
+    from fmnist_seq.distributed import launch
+    from fmnist_seq.stage import run_stage
+
+    folder, sig, where = Path(sys.argv[1]), signal.Signals[sys.argv[2]], sys.argv[3]
+    sleep, told = time.sleep, []
+
+    class Bar:  # like tqdm's progress bar: its destructor runs whenever the collector gets to it
+        def __del__(self):
+            signal.raise_signal(sig)  # the launcher's handler runs inside this destructor
+            sum(range(1000))
+
+    def between_looks(seconds):  # the launcher's monitoring loop sleeps between looks at its workers
+        if not told and threading.current_thread() is threading.main_thread() and \\
+                len(list(folder.glob("ready-*"))) == 2:
+            told.append(sig)
+            if where == "destructor":
+                Bar()  # gone at once
+            else:
+                signal.raise_signal(sig)
+        sleep(seconds)
+
+    def main():
+        (folder / "out.txt").write_text("half-written")
+        time.sleep = between_looks
+        launch(2, str(folder / "worker.py"), [])
+
+    run_stage("demo", main, [folder / "out.txt"])
+""")
+WORKER = textwrap.dedent("""
+    import os, time
+    from pathlib import Path
+    from fmnist_seq.stage import run_stage
+
+    def main():
+        folder = Path(__file__).parent
+        (folder / f"ready-{os.environ['RANK']}").write_text(str(os.getpid()))
+        time.sleep(30)  # until the launcher stops it
+        (folder / f"finished-{os.environ['RANK']}").touch()
+
+    run_stage("worker", main, [], quiet_interrupt=True)  # as a training worker: its launcher speaks for it
+""")
+
+
+@pytest.mark.parametrize("sig, where", [(signal.SIGINT, "signal"), (signal.SIGTERM, "signal"),
+                                        (signal.SIGTERM, "destructor")], ids=["ctrl-c", "kill", "kill-in-a-destructor"])
+def test_a_stop_of_the_launcher_stops_its_workers_in_one_line(tmp_path, sig, where):
+    (tmp_path / "worker.py").write_text(WORKER)
+    result = subprocess.run([sys.executable, "-c", LAUNCHER, str(tmp_path), sig.name, where], capture_output=True,
+                            text=True, timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert result.returncode == 128 + sig, result.stderr
+    assert result.stderr.strip() == f"demo: interrupted by {sig.name}; its outputs were removed"
+    assert not (tmp_path / "out.txt").exists() and not list(tmp_path.glob("finished-*"))
+    pids = [int(ready.read_text()) for ready in tmp_path.glob("ready-*")]
+    assert len(pids) == 2 and not [pid for pid in pids if psutil.pid_exists(pid)
+                                   and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

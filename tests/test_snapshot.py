@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import NORM, easy_split
-from fmnist_seq.config import AugmentConfig, ModelConfig, TrainConfig, as_dict
+from fmnist_seq.config import AugmentConfig, ModelConfig, TrainConfig
 from fmnist_seq.snapshot import DEFAULT_FOLDER, SNAPSHOTS_ENV, RunKey, Snapshots, snapshot_folder
 from fmnist_seq.training import TrainingJob, fit
 

@@ -3,14 +3,19 @@ params errors before any trial, and a trial reproduced exactly by its `dvc exp r
 
 import json
 import os
+import select
 import shlex
 import shutil
 import socket
 import subprocess
 import signal
+import sys
 import tempfile
+import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import optuna
 import psutil
@@ -18,7 +23,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import VENV_BIN, deep_update, dvc, prepare_synthetic, run, train_project
+from conftest import VENV_BIN, deep_update, dvc, prepare_synthetic, run, train_project, write_params
+from fmnist_seq.study import stale_trial_attr
 
 pytestmark = pytest.mark.e2e
 TUNE = str(VENV_BIN / "fmnist-tune")
@@ -52,16 +58,54 @@ def journal(folder: Path) -> optuna.storages.BaseStorage:
         optuna.storages.journal.JournalFileBackend(str(folder / ".optuna" / "journal.log")))
 
 
-def run_together(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    processes = [subprocess.Popen(c, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for c in commands]
+@contextmanager
+def no_trial_created(storage: str) -> Iterator[Callable[[], None]]:
+    """While this holds, no process can create a trial in `storage` (reading the study goes on): the journal
+    file's own write lock, or a lock on PostgreSQL's trials table. Yields what keeps the journal lock from
+    looking abandoned: Optuna takes over a lock whose file has not changed for 30 s."""
+    if "://" in storage:
+        import psycopg
+        with psycopg.connect(storage) as connection:  # one transaction: the lock holds until it ends
+            connection.execute("LOCK TABLE trials IN EXCLUSIVE MODE")  # inserts wait, selects do not
+            yield lambda: None
+        return
+    lock = optuna.storages.journal.JournalFileSymlinkLock(storage)
+    lock.acquire()
+    try:
+        yield lambda: os.utime(storage)
+    finally:
+        lock.release()
+
+
+def start_together(commands: list[list[str]], folders: list[Path], storage: str) -> list[subprocess.CompletedProcess]:
+    """Start `commands` so that each has opened the study and counted its trials before any creates one (as two
+    commands started at the same moment can), then let them run to the end."""
+    run([*commands[0], "--trials", "0"], cwd=folders[0])  # the study exists first: creating it would wait too
+    with no_trial_created(storage) as keep_alive:
+        processes = [subprocess.Popen(c, cwd=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for c, f in zip(commands, folders)]
+        first_lines = {}
+        while len(first_lines) < len(processes):  # each prints its first line once it has counted the trials
+            ready, _, _ = select.select([p.stdout for p in processes if p not in first_lines], [], [], 1.0)
+            keep_alive()
+            for process in processes:
+                if process.stdout in ready:
+                    first_lines[process] = process.stdout.readline()
+                    assert first_lines[process], f"exited before its first line: {process.communicate()}"
     results = []
     for command, process in zip(commands, processes):
         out, err = process.communicate(timeout=600)
-        results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+        results.append(subprocess.CompletedProcess(command, process.returncode, first_lines[process] + out, err))
     for result in results:
         assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+        assert ": 0 trials so far;" in result.stdout.splitlines()[0]  # each counted none before it started
+        assert result.stderr == "", result.stderr  # the program's own lines only (no library warnings)
     return results
+
+
+# Every trial a random start-up one: its draw depends on its seed alone, not on how many trials had finished
+# when it started (which, on tiny data, is a matter of timing)
+RANDOM_DRAWS = {"sampler": {"startup_trials": 10}}
 
 
 def check_six_trials(study: optuna.Study) -> None:
@@ -69,13 +113,19 @@ def check_six_trials(study: optuna.Study) -> None:
     assert sorted(t.number for t in trials) == list(range(6))  # 6 distinct trials of one study
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
     assert sorted(t.user_attrs["seed"] for t in trials) == [2026 + n for n in range(6)]  # seed + trial number
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # parallel jobs drew different values
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == 6, drawn  # processes that started together drew different values
 
 
 def test_two_processes_share_one_study_in_the_journal_file(prepared, tmp_path):
-    folder = tune_project(tmp_path / "proj")
-    results = run_together([tune(folder, prepared, "--trials", "3") for _ in range(2)], cwd=folder)
-    check_six_trials(optuna.load_study(study_name="gru", storage=journal(folder)))
+    """Two terminals, or two clones on one machine, on one journal file, started at the same moment."""
+    folders = [tune_project(tmp_path / name, **RANDOM_DRAWS) for name in ("a", "b")]
+    storage = str(tmp_path / "shared" / "journal.log")
+    results = start_together([tune(f, prepared, "--trials", "3", "--storage", storage) for f in folders], folders,
+                             storage)
+    check_six_trials(optuna.load_study(study_name="gru", storage=optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage))))
+    folder = folders[1]
     report = folder / "results" / "tune" / "gru"
     for name in ("optimization_history.png", "param_importances.png", "intermediate_values.png", "timeline.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -85,9 +135,10 @@ def test_two_processes_share_one_study_in_the_journal_file(prepared, tmp_path):
     assert "retrain the best trial" in results[-1].stdout
 
     # A rerun of the same command continues the study (here: one more trial; of the two jobs, one finds the run's budget spent)
-    again = run([*tune(folder, prepared, "--trials", "1", "--jobs", "2")], cwd=folder)
+    again = run([*tune(folder, prepared, "--trials", "1", "--jobs", "2", "--storage", storage)], cwd=folder)
     assert "6 trials so far" in again.stdout
-    assert len(optuna.load_study(study_name="gru", storage=journal(folder)).trials) == 7
+    assert len(optuna.load_study(study_name="gru", storage=optuna.storages.journal.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(storage))).trials) == 7
 
 
 def test_a_diverging_range_gives_failed_trials_and_the_study_goes_on(prepared, tmp_path):
@@ -116,6 +167,7 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # until two trials have finished
+            assert process.poll() is None, f"fmnist-tune ended ({process.returncode}): {process.communicate()}"
             time.sleep(1)
             log = folder / ".optuna" / "journal.log"
             if log.exists():
@@ -136,35 +188,92 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     assert process.returncode == 130, err
     assert "interrupted: " in out and "| rank | trial | valid acc |" in out and "dvc exp run -n gru-trial-" in out
     assert (folder / "results/tune/gru/summary.md").is_file()
-    time.sleep(1)
-    assert not [j for j in jobs if j.is_running() and j.status() != psutil.STATUS_ZOMBIE]  # no job trains on
+    # fmnist-tune waits for its jobs before it ends; multiprocessing's resource tracker ends after it
+    _, alive = psutil.wait_procs(jobs, timeout=30)
+    assert not [j for j in alive if j.status() != psutil.STATUS_ZOMBIE], alive  # no job trains on
     study = optuna.load_study(study_name="gru", storage=journal(folder))
     assert not study.get_trials(states=(TrialState.RUNNING,))  # the interrupted trials are closed (failed)
     assert "Traceback" not in err
 
 
 def test_trials_of_a_killed_search_are_closed_by_the_next_run(prepared, tmp_path):
-    folder = tune_project(tmp_path / "proj", epochs=50)  # long trials: both jobs are inside one when killed
-    process = subprocess.Popen(tune(folder, prepared, "--trials", "10", "--jobs", "2"), cwd=folder,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # A trial that ends only when the test lets it: no pruner, no early stopping, and each job frozen (SIGSTOP) as
+    # soon as the storage shows it inside its trial. Two trials for two jobs: both are RUNNING when the search is
+    # killed, on any machine. (Pruned 50-epoch trials let the search end before a poll saw both.)
+    folder = tune_project(tmp_path / "proj", epochs=1000, pruner={"name": "none"})
+    write_params(folder, {"train_gru": {"patience": 0}})
+    process = subprocess.Popen(tune(folder, prepared, "--trials", "2", "--jobs", "2"), cwd=folder,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    frozen: set[int] = set()
     try:
-        deadline = time.monotonic() + 300
-        running = []
-        while time.monotonic() < deadline and len(running) < 2:
-            time.sleep(1)
+        deadline = time.monotonic() + 300  # a safety net: each job starts its trial within seconds
+        while len(frozen) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, f"fmnist-tune ended ({process.returncode}): {process.communicate()}"
             if (folder / ".optuna" / "journal.log").exists():
-                running = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials(
-                    states=(TrialState.RUNNING,))
+                for trial in optuna.load_study(study_name="gru", storage=journal(folder)).get_trials(
+                        states=(TrialState.RUNNING,)):
+                    pid = trial.user_attrs.get("pid")  # set first thing in the trial
+                    if pid is not None and pid not in frozen:
+                        os.kill(pid, signal.SIGSTOP)
+                        frozen.add(pid)
+            time.sleep(0.2)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # nothing can close its trials: kill -9, out of memory
         process.wait()
-    assert len(running) == 2
-    time.sleep(1)
+    assert len(frozen) == 2
+    # The jobs may linger as zombies (nobody reaps an orphan in some containers): ended all the same
     report = run(tune(folder, prepared, "--trials", "0"), cwd=folder)
-    trials = optuna.load_study(study_name="gru", storage=journal(folder)).get_trials()
-    assert {t.state for t in trials} == {TrialState.FAIL}, [t.state for t in trials]
-    assert all("ended without closing it" in t.user_attrs["error"] for t in trials)
+    study = optuna.load_study(study_name="gru", storage=journal(folder))
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert all("ended without closing it" in study.user_attrs[stale_trial_attr(t.number)] for t in study.trials)
     assert "2 failed" in report.stdout and "running" not in report.stdout
+
+
+# A stand-in for a trial's training, set before fmnist-tune runs; a spawned job runs this file first as well
+STAND_IN = textwrap.dedent("""
+    import os, signal, sys, time
+    from fmnist_seq import study, tune_cli
+    from fmnist_seq.errors import TrainingError
+
+    def fit(*_args, **_kwargs):
+        how = os.environ["TRIAL"]
+        if how == "out-of-memory":  # what torch's CPU allocator raises
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        os.kill(os.getpid(), signal.SIGKILL if how == "killed" else signal.SIGTERM)  # `kill` of this job alone
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the stop must reach this loop
+            pass
+        raise TrainingError("the stop was lost")
+
+    study.fit = fit
+    if __name__ == "__main__":
+        tune_cli.main()
+""")
+
+
+@pytest.mark.parametrize("how", ["out-of-memory", "stopped", "killed"])
+def test_what_becomes_of_a_job_its_search_reports(prepared, tmp_path, how):
+    """A trial out of memory is a failed trial; a job stopped by itself stops the search; a job killed outright
+    is an error. Each time: the report is written, every trial is closed, and no traceback."""
+    folder = tune_project(tmp_path / "proj")
+    (folder / "tune.py").write_text(STAND_IN)
+    result = run([sys.executable, "tune.py", "--model", "gru", "--data", str(prepared), "--trials", "3", "--jobs", "2"],
+                 cwd=folder, check=False, env={**os.environ, "TRIAL": how})
+    trials = optuna.load_study(study_name="gru", storage=journal(folder)).trials
+    assert (folder / "results/tune/gru/summary.md").is_file()
+    assert trials and all(t.state == TrialState.FAIL for t in trials), [t.state for t in trials]
+    assert "Traceback" not in result.stderr
+    if how == "out-of-memory":
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert len(trials) == 3 and all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
+    elif how == "stopped":
+        assert result.returncode == 130 and result.stderr == "", result.stderr
+        assert "interrupted: " in result.stdout
+    else:
+        assert result.returncode == 1
+        assert result.stderr.strip() == ("fmnist-tune: error: job-1 was killed by SIGKILL (out of memory?); job-2 "
+                                         "was killed by SIGKILL (out of memory?); the study keeps every finished "
+                                         "trial and the report is written")
 
 
 # --- PostgreSQL: one study shared by processes that could be on different machines ---------------------
@@ -211,14 +320,14 @@ def postgres_url():
 
 
 def test_two_processes_share_one_study_in_postgresql(prepared, tmp_path, postgres_url):
-    folder = tune_project(tmp_path / "proj")
-    # one process with two jobs of its own, one with one: three trial processes, as on two machines
-    run_together([tune(folder, prepared, "--trials", "3", "--jobs", "2", "--storage", postgres_url),
-                  tune(folder, prepared, "--trials", "3", "--storage", postgres_url)], cwd=folder)
+    folders = [tune_project(tmp_path / name, **RANDOM_DRAWS) for name in ("a", "b")]  # two clones, two machines
+    # one process with two jobs of its own, one with one: three trial processes, started at the same moment
+    start_together([tune(folders[0], prepared, "--trials", "3", "--jobs", "2", "--storage", postgres_url),
+                    tune(folders[1], prepared, "--trials", "3", "--storage", postgres_url)], folders, postgres_url)
     check_six_trials(optuna.load_study(study_name="gru", storage=postgres_url))  # read by a third process
-    shown = run(tune(folder, prepared, "--trials", "0", "--storage", postgres_url), cwd=folder)
-    assert "6 trials so far" in shown.stdout and "| 1 |" in shown.stdout
-    assert not (folder / ".optuna").exists()  # nothing went to the default journal file
+    shown = run(tune(folders[1], prepared, "--trials", "0", "--storage", postgres_url), cwd=folders[1])
+    assert "6 trials so far" in shown.stdout and "| 1 |" in shown.stdout and shown.stderr == ""
+    assert not any((f / ".optuna").exists() for f in folders)  # nothing went to the default journal file
 
 
 # --- a trial comes back into DVC as an experiment, with the same validation accuracy ------------------------

@@ -1,17 +1,29 @@
 """fmnist-tune's command line, in process: every mistake stops before any trial with one line naming it."""
 
+import multiprocessing
+import signal
+import subprocess
+import sys
 import threading
+import time
 import warnings
 
 import matplotlib.pyplot as plt
 import optuna
+import psutil
 import pytest
 import torch
 import yaml
+from optuna.trial import TrialState
 
-from conftest import deep_update, prepare_synthetic, train_project
-from fmnist_seq import tune_cli
-from fmnist_seq.study import run_trials
+from conftest import FAST_PARAMS, ROOT, deep_update, prepare_synthetic, train_project
+from fmnist_seq import distributed, interrupts, study, tune_cli
+from fmnist_seq.checkpoint import save_checkpoint
+from fmnist_seq.config import ModelConfig
+from fmnist_seq.models import build_model
+from fmnist_seq.errors import TrainingError
+from fmnist_seq.search_space import load_tune, sample
+from fmnist_seq.study import fail_stale_trials, open_storage, open_study, run_trials, sampler_seed
 from fmnist_seq.tune_report import exp_args, tidy, yaml_value
 
 
@@ -27,6 +39,20 @@ def folder(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     yield tmp_path
     torch.set_num_threads(threads)  # a trial run in process sets this process's threads
+
+
+@pytest.fixture(autouse=True)
+def own_stop_handling(monkeypatch):
+    """fmnist-tune's main() and its jobs install this process's signal handlers, unraisable hook and stop state
+    (interrupts.py); each test here starts with fresh ones and gives pytest's back."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # a job wraps it
+    monkeypatch.setattr(interrupts, "_stop", interrupts._Stop())
+    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)  # a job run in this process
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def set_space(folder, space: dict) -> None:
@@ -155,36 +181,208 @@ def test_the_per_epoch_picture_drops_a_legend_too_long_to_fit(trials, legend):
 
 
 @pytest.mark.parametrize("stopped", [True, False], ids=["after-a-stop", "no-stop"])
-def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(monkeypatch, stopped):
+def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(folder, prepared, monkeypatch, stopped):
     """Ctrl-C in Optuna's journal-file lock release came out as FileNotFoundError (fresh-clone CI): after a stop
     that is exit 130 without a traceback; without one, the error still surfaces."""
-    import signal
-    import sys
-
-    from fmnist_seq import distributed, study
-
     def trial_in_the_lock(*_args, **_kwargs):
-        if stopped:
-            study.stop_requested.set()
+        if stopped:  # the handler noted the stop; its exception died in the lock's clean-up
+            interrupts.interrupted(signal.SIGINT)
         raise FileNotFoundError("journal.log.lock...rename")
 
-    for name in ("load_prepared", "open_storage", "open_study", "Objective", "set_threads"):
-        monkeypatch.setattr(tune_cli, name, lambda *a, **k: type("Data", (), {"sha256": ""})())
-    monkeypatch.setattr(tune_cli, "run_trials", trial_in_the_lock)
-    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)  # restored after the test, like the handlers below
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    cfg = type("Cfg", (), {"spaces": {"gru": None}})()
-    try:
-        if stopped:
-            with pytest.raises(SystemExit) as stop:
-                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 0, 2)
-            assert stop.value.code == 130
+    monkeypatch.setattr(study, "fit", trial_in_the_lock)
+    search, _ = tune_cli.plan(tune_cli.parser().parse_args(["--model", "gru", "--data", str(prepared)]))
+    if stopped:
+        with pytest.raises(SystemExit) as stop:
+            tune_cli._job(0, search, multiprocessing.Semaphore(2))
+        assert stop.value.code == 130
+    else:
+        with pytest.raises(FileNotFoundError):
+            tune_cli._job(0, search, multiprocessing.Semaphore(2))
+
+
+# --- stops: Ctrl-C (SIGINT), `kill` (SIGTERM), and either one landing in a destructor -----------------------
+
+class _StopInDestructor:
+    """Like tqdm's progress bar: its destructor runs whenever the collector gets to it, here with a signal."""
+
+    def __init__(self, sig: signal.Signals):
+        self.sig = sig
+
+    def __del__(self):
+        signal.raise_signal(self.sig)  # the signal's handler runs inside this destructor
+        sum(range(1000))
+
+
+def stopping_fit(sig: signal.Signals, where: str):
+    """A trial's training that receives `sig` (in a destructor, or plainly), then runs until the stop reaches it."""
+    def fit(*_args, **_kwargs):
+        if where == "destructor":
+            _StopInDestructor(sig)  # gone at once
         else:
-            with pytest.raises(FileNotFoundError):
-                tune_cli._job(0, 2, None, "journal", "gru", cfg, "gru", "gru", {}, None, 0, 2)
+            signal.raise_signal(sig)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the stop must reach this loop, not be lost in the destructor
+            pass
+        raise TrainingError("the stop was lost")
+    return fit
+
+
+STOPS = pytest.mark.parametrize("sig, where", [(signal.SIGINT, "signal"), (signal.SIGTERM, "signal"),
+                                               (signal.SIGINT, "destructor"), (signal.SIGTERM, "destructor")],
+                                ids=["ctrl-c", "kill", "ctrl-c-in-a-destructor", "kill-in-a-destructor"])
+
+
+def journal_study(folder) -> optuna.Study:
+    return optuna.load_study(study_name="gru", storage=open_storage(str(folder / ".optuna" / "journal.log")))
+
+
+@STOPS
+def test_a_stopped_search_in_one_process_closes_its_trial_and_writes_the_report(folder, prepared, capsys, monkeypatch,
+                                                                              sig, where):
+    """fmnist-tune --jobs 1 runs its trials in its own process: a stop there is the stop of the search."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts it, whatever started pytest
+    monkeypatch.setattr(study, "fit", stopping_fit(sig, where))
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 130, err
+    assert err == "" and "interrupted: 1 trials: 0 finished, 0 pruned (0%), 1 failed" in out, out + err
+    assert (folder / "results/tune/gru/summary.md").is_file()
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]  # and no second trial
+
+
+@STOPS
+def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, monkeypatch, sig, where):
+    """One of fmnist-tune --jobs N's trial processes (run here in this process: the code a spawned job runs)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(study, "fit", stopping_fit(sig, where))
+    search, _ = tune_cli.plan(tune_cli.parser().parse_args(["--model", "gru", "--data", str(prepared)]))
+    with pytest.raises(SystemExit) as exited:
+        tune_cli._job(0, search, multiprocessing.Semaphore(2))
+    err = capsys.readouterr().err
+    assert exited.value.code == 130, err
+    assert err == ""
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]
+
+
+# --- fmnist-tune's own failures: one line, the right exit code, the study kept ------------------------------
+
+def test_an_unwritable_storage_or_report_folder_is_one_line(folder, prepared, capsys, monkeypatch):
+    data = ["--model", "gru", "--data", str(prepared)]
+    (folder / "a-file").write_text("")  # a folder cannot be made below it, whoever runs the test (root too)
+    err = fails(capsys, *data, "--storage", str(folder / "a-file" / "journal.log"))
+    assert f"cannot open the journal file {folder}/a-file/journal.log" in err and "give --storage" in err
+    err = fails(capsys, *data, "--trials", "0", "--out", str(folder / "a-file" / "tune"))
+    assert f"cannot write the report to {folder}/a-file/tune/gru" in err  # before any trial
+
+    # A folder that stops being writable during the search: the report's error, the study's trials kept
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params["tune"], {"epochs": 1})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    def no_space(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tune_cli, "write_results", no_space)
+    err = fails(capsys, *data, "--trials", "1")
+    assert "cannot write the report to results/tune/gru: No space left on device; the study keeps its" in err
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.COMPLETE]
+
+
+def test_a_trial_out_of_memory_fails_and_the_search_goes_on(folder, prepared, capsys, monkeypatch):
+    def out_of_memory(*_args, **_kwargs):  # what torch's CPU allocator raises
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 100000000000000 bytes. Error code 12")
+    monkeypatch.setattr(study, "fit", out_of_memory)
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, err
+    assert err == "" and out.count("failed: out of memory: [enforce fail") == 2, out
+    assert "2 trials: 0 finished, 0 pruned (0%), 2 failed" in out and (folder / "results/tune/gru/trials.csv").is_file()
+    trials = journal_study(folder).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
+
+
+def test_a_database_storage_prints_no_warning_of_optuna(tmp_path):
+    """heartbeat_interval is experimental in Optuna: its warning came before every process's first line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_storage(f"sqlite:///{tmp_path}/study.db")
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)], caught
+
+
+# --- processes that share a study --------------------------------------------------------------------------
+
+def test_processes_that_open_a_study_together_draw_different_trials(tmp_path):
+    """Two fmnist-tune commands started together both counted 0 trials and seeded their samplers alike, so they
+    trained the same start-up trials. Each trial now samples with its own seed, recorded on the trial."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg = load_tune(params)
+    space = cfg.spaces["gru"]
+    storage = open_storage(str(tmp_path / "journal.log"))
+    a, b = (open_study("gru", storage, cfg, "gru", params["train_gru"], "data") for _ in range(2))  # nothing run yet
+    drawn = []
+    for process in (a, b, a, b):
+        trial = process.ask()
+        drawn.append(sample(trial, space))
+        process.tell(trial, 0.5)
+    assert len({tuple(sorted(d.items())) for d in drawn}) == 4, drawn
+
+    # A start-up (random) trial's values follow from its number's seed alone, whichever process drew them
+    again = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sampler_seed(cfg, 3)))
+    assert sample(again.ask(), space) == drawn[3]
+
+
+def test_a_trial_whose_process_is_a_zombie_or_another_is_closed(tmp_path):
+    """After a SIGKILL the next run left a trial RUNNING: its job, a zombie not yet reaped, still had a pid. A pid
+    that an unrelated process got again is the same case."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # ended, not reaped: this test waits on it
+        time.sleep(0.01)
+    killed = optuna.create_study(storage=open_storage(str(tmp_path / "journal.log")))
+    trials = [killed.ask() for _ in range(3)]
+    owners = [{"pid": child.pid, "pid_started": psutil.Process(child.pid).create_time()},  # a zombie
+              {"pid": psutil.Process().pid, "pid_started": psutil.Process().create_time() - 3600},  # pid reused
+              {"pid": psutil.Process().pid, "pid_started": psutil.Process().create_time()}]  # alive: this process
+    for trial, owner in zip(trials, owners):
+        trial.set_user_attr("host", study.owner()["host"])
+        for key, value in owner.items():
+            trial.set_user_attr(key, value)
+    try:
+        assert fail_stale_trials(killed) == [0, 1]
     finally:
-        study.stop_requested.clear()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        child.wait()
+    assert [t.state for t in killed.trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING]
+    assert "its process" in killed.user_attrs[study.stale_trial_attr(0)]
+
+
+def test_a_distilling_block_is_searched_with_its_teacher(folder, prepared, capsys, monkeypatch):
+    """train_lstm distills from models/teacher.pt: fmnist-tune finds it there (or at --teacher), says how to make it
+    when it is missing, gives it to every trial, and refuses a teacher that no trial would learn from."""
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params, {"train_lstm": FAST_PARAMS["train_lstm"], "tune": {"epochs": 1}})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lstm = ["--model", "lstm", "--data", str(prepared), "--trials", "1"]
+    err = fails(capsys, *lstm)
+    assert "models/teacher.pt not found" in err and "dvc repro train_teacher" in err
+    assert not (folder / ".optuna").exists()
+    assert "no trial would learn from a teacher; drop --teacher" in fails(
+        capsys, "--model", "gru", "--data", str(prepared), "--teacher", "models/teacher.pt")
+
+    teacher_cfg = ModelConfig(cell="cnn", hidden_size=4, num_layers=2, head="all_steps", head_hidden=16)
+    (folder / "models").mkdir()
+    save_checkpoint(folder / "models" / "teacher.pt", build_model(teacher_cfg, 0.0, 1.0), {}, 1, {}, [])
+    taught = []
+    real_fit = study.fit
+
+    def spy(job, **kwargs):
+        taught.append(job.teacher)
+        return real_fit(job, **kwargs)
+    monkeypatch.setattr(study, "fit", spy)
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(lstm)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, err
+    assert len(taught) == 1 and taught[0] is not None and taught[0].cfg == teacher_cfg
+    trials = optuna.load_study(study_name="lstm", storage=open_storage(str(folder / ".optuna" / "journal.log"))).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE]

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 
 from fmnist_seq.config import check_workers
-from fmnist_seq.errors import Interrupted, ParamsError, TrainingError
+from fmnist_seq import interrupts
+from fmnist_seq.errors import ParamsError, TrainingError
 from fmnist_seq.machine import physical_cores, usable_cpus
 
 # What torchrun puts in every worker's environment.
@@ -163,7 +164,7 @@ def launch(workers: int, script: str, args: list[str], max_restarts: int = 0) ->
     The launcher watches the workers; when one fails or is killed it stops the others and, up to
     `max_restarts` times, starts them all again (they resume from the last snapshot). Past that the stage ends
     within seconds with a TrainingError that names the rank, and no worker is left waiting for it. SIGINT or
-    SIGTERM stops the workers and raises Interrupted.
+    SIGTERM stops the workers and raises Interrupted, as interrupts.py does everywhere else.
     """
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -182,11 +183,14 @@ def launch(workers: int, script: str, args: list[str], max_restarts: int = 0) ->
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",  # port 0: a free port, chosen now
                           max_restarts=max_restarts, monitor_interval=0.1)
     try:
-        elastic_launch(config, entrypoint=sys.executable)(script, *args)
+        # The launcher installs its own SIGINT/SIGTERM/SIGHUP/SIGQUIT handlers each time it starts the workers, and
+        # must: only its SignalException makes its agent pass the signal on to them before it returns.
+        with interrupts.handled_elsewhere(SignalException, lambda exc: exc.sigval):
+            elastic_launch(config, entrypoint=sys.executable)(script, *args)
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc.failures)) from None
     except SignalException as exc:  # the launcher has already passed the signal on to the workers
-        raise Interrupted(signal.Signals(exc.sigval).name) from None
+        raise interrupts.interrupted(exc.sigval) from None
 
 
 def describe_failure(failures: dict) -> str:

@@ -13,33 +13,33 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import optuna
 import psutil
 import torch
-from optuna.trial import TrialState
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
+from fmnist_seq import interrupts
 from fmnist_seq.config import TrainConfig, build, changed_keys
+from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
-from fmnist_seq.errors import Interrupted, ParamsError, PipelineError, TrainingError
+from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
 from fmnist_seq.search_space import SEARCHABLE, Space, TuneConfig, apply, sample
 from fmnist_seq.snapshot import file_sha256
+from fmnist_seq.models import Classifier
 from fmnist_seq.training import EpochRecord, TrainingJob, fit
 
 # What a study remembers of how it was started; a later run against other data or another base block would
 # mix trials that are not comparable, so it is refused.
 ATTR_MODEL, ATTR_BASE, ATTR_DATA = "model", "base_block", "data_sha256"
-
-
-# Set when this process is asked to stop (SIGTERM from fmnist-tune, Ctrl-C): the signal handler raises at once,
-# but an exception raised inside a destructor is swallowed, so trials also check this after every epoch.
-stop_requested = threading.Event()
 
 
 class StudyError(PipelineError):
@@ -62,8 +62,12 @@ def open_storage(url: str, jobs: int = 1) -> optuna.storages.BaseStorage:
         # Absolute: the file lock is a symlink to this path, and a relative one dangles from inside .optuna/, so a
         # lock left by a killed process could never be recognized as stale (Optuna retries it forever).
         path = Path(url).absolute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+        except OSError as exc:
+            raise StudyError(f"cannot open the journal file {path}: {exc.strerror or exc}: give --storage (or "
+                             "tune.storage) a path in a folder you can write") from None
         return optuna.storages.journal.JournalStorage(backend)
     if url.startswith("sqlite") and jobs > 1:
         raise StudyError(f"{url}: SQLite cannot serve {jobs} parallel jobs (its writers lock each other out); "
@@ -83,9 +87,13 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     # duplicate name. The tables exist by then: try again.
     for attempt in range(attempts):
         try:
-            # heartbeat: a trial whose machine died or lost the network is failed by the next process that looks
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=60,
-                                              grace_period=300)
+            # heartbeat: a trial whose machine died or lost the network is failed by the next process that looks.
+            # Optuna marks heartbeat_interval experimental with a two-line warning in every process: not the user's
+            # business, who should see this program's own lines only.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=60,
+                                                  grace_period=300)
         except Exception as exc:
             racing = "duplicate key" in str(exc) or "already exists" in str(exc)
             if not racing or attempt == attempts - 1:
@@ -94,13 +102,54 @@ def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def make_sampler(cfg: TuneConfig, offset: int) -> optuna.samplers.BaseSampler:
-    """Seeded from the tune block. `offset` differs between the processes of one run and between runs of one
-    study, so that parallel jobs do not draw the same random start-up trials."""
-    seed = (cfg.seed + offset) % 2**32
-    if cfg.sampler.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.startup_trials)
+def sampler_seed(cfg: TuneConfig, number: int) -> int:
+    """The seed that trial `number` of a study samples with: its own, from tune.seed and its number, which the
+    storage gives to one trial only. Processes that share a study so draw different trials without agreeing on
+    anything, and a trial's draw depends on its recorded seed (and, past the start-up trials, on the trials
+    before it), not on which process ran it or what that process ran before."""
+    return int(np.random.SeedSequence([cfg.seed, number]).generate_state(1)[0])
+
+
+def make_sampler(cfg: TuneConfig) -> optuna.samplers.BaseSampler:
+    def sampler(seed: int) -> optuna.samplers.BaseSampler:
+        if cfg.sampler.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        # constant_liar: a running trial counts as a poor result, so parallel trials are not proposed again near
+        # one that is still training (Optuna 5 defaults to it; said here so that no new default drops it)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.startup_trials, constant_liar=True)
+    return TrialSeededSampler(sampler, lambda number: sampler_seed(cfg, number))
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Samples each trial with a sampler of its own, seeded for that trial (`seed_of(number)`): one seeded
+    sampler per process would repeat the draws of every other process that started with the same seed."""
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed_of: Callable[[int], int]):
+        self._make, self._seed_of = make, seed_of
+        self._number: int | None = None
+        self._sampler: optuna.samplers.BaseSampler | None = None
+
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        if self._sampler is None or self._number != trial.number:  # a process runs one trial at a time
+            self._number, self._sampler = trial.number, self._make(self._seed_of(trial.number))
+        return self._sampler
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
 
 
 def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
@@ -118,17 +167,23 @@ class Prepared:
     train: Split
     valid: Split
     norm: Normalization
-    sha256: str  # of train.pt, valid.pt and stats.json together: which data the study's trials saw
+    sha256: str  # of train.pt, valid.pt, stats.json and the teacher together: what the study's trials learned from
+    teacher: Classifier | None = None  # the trained model a distilling block learns from
 
 
-def load_prepared(folder: Path) -> Prepared:
+def load_prepared(folder: Path, teacher: Path | None = None) -> Prepared:
+    """The prepared data, and the teacher checkpoint when the searched block distills."""
     files = [folder / name for name in ("train.pt", "valid.pt", STATS_FILE)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise StudyError(f"{missing[0]} not found: the search trains on the pipeline's prepared data; "
-                         "run `dvc repro prepare` (or `dvc pull prepare`) first")
-    digest = hashlib.sha256(" ".join(file_sha256(f) for f in files).encode()).hexdigest()
-    return Prepared(load_split(folder, "train"), load_split(folder, "valid"), load_normalization(folder), digest)
+                         "run `dvc repro prepare` first")
+    if teacher is not None and not teacher.is_file():
+        raise StudyError(f"{teacher} not found: the searched block distills (distill.alpha > 0) from that trained "
+                         f"model; run `dvc repro train_teacher` first, or give --teacher another checkpoint")
+    digest = hashlib.sha256(" ".join(file_sha256(f) for f in files + ([teacher] if teacher else [])).encode())
+    return Prepared(load_split(folder, "train"), load_split(folder, "valid"), load_normalization(folder),
+                    digest.hexdigest(), load_checkpoint(teacher).model if teacher else None)
 
 
 def trial_block(base: Mapping[str, Any], values: Mapping[str, Any], cfg: TuneConfig, number: int) -> dict[str, Any]:
@@ -140,10 +195,14 @@ def trial_block(base: Mapping[str, Any], values: Mapping[str, Any], cfg: TuneCon
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig, model: str,
-               base: Mapping[str, Any], data_sha256: str, offset: int) -> optuna.Study:
+               base: Mapping[str, Any], data_sha256: str) -> optuna.Study:
     """Create the study, or continue it: a rerun of the same command adds trials to the same study."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=make_sampler(cfg, offset), pruner=make_pruner(cfg))
+    sampler, pruner = make_sampler(cfg), make_pruner(cfg)
+    try:  # loaded first: creating writes to the storage even when the study exists (a journal line per process)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                    sampler=sampler, pruner=pruner)
     fail_stale_trials(study)
     attrs = study.user_attrs
     if not attrs:
@@ -155,14 +214,36 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
         raise StudyError(f"study {name!r} searches train_{attrs.get(ATTR_MODEL)}, not train_{model}: "
                          "name another study with --study")
     if attrs.get(ATTR_DATA) != data_sha256:
-        raise StudyError(f"study {name!r} was run on other prepared data (the seed or valid_ratio changed?); its "
-                         "trials are not comparable with new ones: name another study with --study")
+        raise StudyError(f"study {name!r} was run on other prepared data or another teacher (the seed or "
+                         "valid_ratio changed, or the teacher was retrained?); its trials are not comparable with new ones: name another study with --study")
     # Only the recipe makes trials comparable: each trial sets its own epochs, seed and workers.
     changed = changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)), SEARCHABLE)
     if changed:
         raise StudyError(f"study {name!r} was started from another train_{model} block ({'; '.join(changed[:3])}): "
                          "its trials are not comparable with new ones: name another study with --study")
     return study
+
+
+def owner() -> dict[str, Any]:
+    """The trial attributes that name this process: its host, pid and start time (a pid alone also names a
+    dead process not yet reaped, a zombie, and, later, an unrelated process that got the number again)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": psutil.Process().create_time()}
+
+
+def process_ended(pid: int, started: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        # the start time as psutil derives it from the boot time can move by a second when the clock is set
+        return started is not None and abs(process.create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+
+
+def stale_trial_attr(number: int) -> str:
+    """The study attribute that says why trial `number` was closed by another process than its own."""
+    return f"trial {number} error"
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
@@ -173,10 +254,13 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") != host or not isinstance(pid, int) or psutil.pid_exists(pid):
+        if trial.user_attrs.get("host") != host or not isinstance(pid, int) or \
+                not process_ended(pid, trial.user_attrs.get("pid_started")):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "error", f"its process ({pid}) ended without closing it")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        # Optuna 5.1 has no public call that sets a user attribute on a trial this process did not start (only its
+        # storage's private API does), so the reason goes to the study's own attributes.
+        study.set_user_attr(stale_trial_attr(trial.number), f"its process ({pid}) ended without closing it")
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)  # another process may be closing it too
         closed.append(trial.number)
     return closed
 
@@ -190,11 +274,12 @@ class Objective:
         self.model, self.space, self.base, self.cfg, self.data, self.say = model, space, base, cfg, data, say
 
     def __call__(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("host", socket.gethostname())  # which process owns it (fail_stale_trials)
-        trial.set_user_attr("pid", os.getpid())
+        for key, value in owner().items():  # which process owns it (fail_stale_trials)
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("sampler_seed", sampler_seed(self.cfg, trial.number))  # what drew its values
         values = sample(trial, self.space)
         block = trial_block(self.base, values, self.cfg, trial.number)
-        trial.set_user_attr("seed", block["seed"])
+        trial.set_user_attr("seed", block["seed"])  # what trained it
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         try:
             train_cfg = build(TrainConfig, block, f"train_{self.model}")
@@ -206,8 +291,6 @@ class Objective:
         start = time.perf_counter()
 
         def on_epoch(record: EpochRecord) -> None:
-            if stop_requested.is_set():
-                raise Interrupted("SIGTERM")
             self.say(f"trial {trial.number}: epoch {record.epoch}/{train_cfg.epochs} valid accuracy "
                      f"{record.valid_accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
             trial.report(record.valid_accuracy, record.epoch)
@@ -219,7 +302,7 @@ class Objective:
 
         try:
             job = TrainingJob(train_cfg, self.data.train, self.data.valid, self.data.norm, block["seed"],
-                              Worker(device=resolve_device(train_cfg.device)))
+                              Worker(device=resolve_device(train_cfg.device)), self.data.teacher)
             result = fit(job, on_epoch=on_epoch, log=lambda _: None)
         except optuna.TrialPruned as exc:
             self.say(f"trial {trial.number}: pruned: {exc}")
@@ -228,12 +311,26 @@ class Objective:
             self.say(f"trial {trial.number}: failed: {exc}")
             trial.set_user_attr("error", str(exc))
             raise
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            # A failed trial, not a crash of the search: the next values (a smaller batch or model) may fit.
+            error = f"out of memory: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]}"
+            self.say(f"trial {trial.number}: failed: {error}")
+            trial.set_user_attr("error", error)
+            raise TrainingError(error) from None
         trial.set_user_attr("selected_epoch", result.selected_epoch)
         trial.set_user_attr("valid_loss", result.selected.valid_loss)
         value = result.selected.valid_accuracy
         self.say(f"trial {trial.number}: valid accuracy {value:.4f} (epoch {result.selected_epoch} of "
                  f"{len(result.history)}, {time.perf_counter() - start:.0f} s)")
         return value
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; torch's CPU allocator a plain RuntimeError that says so
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _short(value: Any) -> str:
@@ -243,17 +340,24 @@ def _short(value: Any) -> str:
 def run_trials(study: optuna.Study, objective: Objective, trials: int | None = None,
                take: Callable[[], bool] | None = None) -> None:
     """Trials in this process: `trials` of them, or one each time `take()` grants one (a budget shared with
-    other processes) until it refuses. A failed trial (refused params, divergence) is logged and the study goes
-    on; Ctrl-C stops after marking the running trial failed."""
+    other processes) until it refuses. A failed trial (refused params, divergence, out of memory) is logged and
+    the study goes on; a stop (interrupts.py) ends it after Optuna has marked the running trial failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
     def optimize(n: int) -> None:
-        study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True,
-                       callbacks=[lambda study, _trial: study.stop() if stop_requested.is_set() else None])
-    if take is None:
-        optimize(trials or 0)
-        return
-    while not stop_requested.is_set() and take():
-        optimize(1)
+        study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True)
+    try:
+        if take is None:
+            optimize(trials or 0)
+            return
+        while not interrupts.requested() and take():
+            optimize(1)
+    except Exception:
+        # A stop that lands inside the storage's own clean-up comes out as another error: Optuna's journal lock,
+        # interrupted between unlinking its file and returning, unlinks it again (FileNotFoundError). Optuna has
+        # closed the trial as failed by then; after a stop, that is the stop, not a crash.
+        if not interrupts.requested():
+            raise
+        raise interrupts.interrupted() from None
 
 
 def threads_per_job(jobs: int, cpus: int) -> int:

@@ -18,19 +18,23 @@ import multiprocessing
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
+from fmnist_seq import interrupts
 from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
-from fmnist_seq.errors import Interrupted, ParamsError, PipelineError
+from fmnist_seq.errors import ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
-from fmnist_seq.study import (Objective, StudyError, display_url, load_prepared, open_storage, open_study,
-                              run_trials, set_threads, stop_requested)
+from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
+                              open_storage, open_study, run_trials, set_threads)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
 
 NAME = "fmnist-tune"
+DEFAULT_TEACHER = Path("models/teacher.pt")  # train_teacher's output (dvc.yaml), which train_lstm distills from
 
 
 def parse_jobs(text: str) -> int:
@@ -65,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
                    "(one per usable CPU core); each gets cores/jobs threads")
     p.add_argument("--storage", help="journal file path or database URL (default: tune.storage)")
     p.add_argument("--data", type=Path, default=Path("data/prepared"), help="the prepared data (dvc repro prepare)")
+    p.add_argument("--teacher", type=Path, help="the trained model a distilling block (distill.alpha > 0) learns "
+                   f"from (default: {DEFAULT_TEACHER}, what dvc repro train_teacher writes)")
     p.add_argument("--out", type=Path, default=Path("results/tune"), help="results/tune/<study>/ gets the report")
     p.add_argument("--top", type=parse_count, default=10, help="rows in the table of best trials")
     p.add_argument("--queue-best", type=parse_count, default=0, metavar="K",
@@ -86,55 +92,53 @@ class _NotATerminal:
         return getattr(self._stream, name)
 
 
-def _job(job: int, jobs: int, tickets, storage_url: str, study_name: str, cfg: TuneConfig, model: str,
-         space_name: str, base: dict, data_dir: Path, offset: int, cpus: int) -> None:
+@dataclass(frozen=True)
+class Search:
+    """One run of the command: what every trial process needs to take part (pickled to the job processes)."""
+
+    model: str
+    space_name: str
+    base: dict[str, Any]  # the train_<model> block the trials change
+    cfg: TuneConfig
+    data_dir: Path
+    storage_url: str
+    study_name: str
+    jobs: int
+    cpus: int
+    teacher: Path | None  # the checkpoint a distilling block learns from; None when no trial distills
+
+    def open(self, data: Prepared) -> optuna.Study:
+        storage = open_storage(self.storage_url, self.jobs)
+        return open_study(self.study_name, storage, self.cfg, self.model, self.base, data.sha256)
+
+    def objective(self, data: Prepared, prefix: str = "") -> Objective:
+        return Objective(self.model, self.cfg.spaces[self.space_name], self.base, self.cfg, data,
+                         say=lambda line: print(prefix + line, flush=True))
+
+
+def _job(job: int, search: Search, tickets) -> None:
     """One of several trial processes (started with spawn: a clean interpreter, no copied torch state). It runs
     trials while `tickets` (a semaphore shared by the jobs, one per trial of this run) has one to give."""
     from fmnist_seq.distributed import die_with_launcher
     die_with_launcher()  # never outlive the fmnist-tune that started it
+    interrupts.install()  # SIGTERM from fmnist-tune, or a terminal's Ctrl-C: close the running trial, then stop
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sys.stderr = _NotATerminal(sys.stderr)
-    signal.signal(signal.SIGTERM, _interrupt)  # from the parent: close the running trial as failed, then stop
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a terminal's Ctrl-C: the same (an ignored one stays so)
-        signal.signal(signal.SIGINT, _interrupt)
-    sys.unraisablehook = _unraisable
-    set_threads(jobs, cpus)
+    set_threads(search.jobs, search.cpus)
     try:
-        data = load_prepared(data_dir)
-        storage = open_storage(storage_url, jobs)
-        study = open_study(study_name, storage, cfg, model, base, data.sha256, offset + job)
-        prefix = f"[job {job + 1}/{jobs}] "
-        objective = Objective(model, cfg.spaces[space_name], base, cfg, data, say=lambda s: print(prefix + s, flush=True))
-        run_trials(study, objective, take=lambda: tickets.acquire(block=False))
+        data = load_prepared(search.data_dir, search.teacher)
+        study = search.open(data)
+        run_trials(study, search.objective(data, f"[job {job + 1}/{search.jobs}] "),
+                   take=lambda: tickets.acquire(block=False))
     except KeyboardInterrupt:
         sys.exit(130)
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
-    except Exception:
-        # A stop that lands inside the storage's own clean-up comes out as another error: Optuna's journal lock,
-        # interrupted between unlinking its file and returning, unlinks it again (FileNotFoundError). Optuna has
-        # closed the trial as failed by then; after a stop, that is the stop, not a crash.
-        if not stop_requested.is_set():
-            raise
-        sys.exit(130)
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    first = not stop_requested.is_set()
-    stop_requested.set()
-    if first:  # once: a second signal must not cut short the closing of the trial
-        raise Interrupted(signal.Signals(signum).name)
-
-
-def _unraisable(info) -> None:
-    # A stop that lands in a destructor is swallowed there (the trial notices it after its epoch): no traceback.
-    if not isinstance(info.exc_value, KeyboardInterrupt):
-        sys.__unraisablehook__(info)
-
-
-def run(args: argparse.Namespace) -> int:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command says what happens in its own lines
+def plan(args: argparse.Namespace) -> tuple[Search, int]:
+    """The search the command line and params.yaml describe, and its number of trials; checked before any."""
     params = read_params()
     cfg = build_tune(params.get("tune")) if "tune" in params else None
     if cfg is None:
@@ -149,44 +153,59 @@ def run(args: argparse.Namespace) -> int:
     if block not in params:
         raise ParamsError(f"params.yaml: missing block '{block}'")
     base = params[block]
-    build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
+    base_cfg = build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
+    distills = base_cfg.distill.alpha > 0 or "distill.alpha" in space.params
+    if args.teacher is not None and not distills:
+        raise ParamsError(f"--teacher {args.teacher}: {block}.distill.alpha is 0 and tune.spaces.{space_name} does "
+                          "not search it, so no trial would learn from a teacher; drop --teacher")
     trials = cfg.trials if args.trials is None else args.trials
-    storage_url, study_name = args.storage or cfg.storage, args.study or space_name
+    search = Search(args.model, space_name, base, cfg, args.data, args.storage or cfg.storage,
+                    args.study or space_name, args.jobs, usable_cpus(),
+                    (args.teacher or DEFAULT_TEACHER) if distills else None)
+    return search, trials
 
-    data = load_prepared(args.data)
-    storage = open_storage(storage_url, args.jobs)
-    study = open_study(study_name, storage, cfg, args.model, base, data.sha256, 0)
-    offset = 7919 * len(study.get_trials(deepcopy=False))  # a continued study draws new start-up trials
-    cpus = usable_cpus()
-    print(f"{NAME}: study {study_name!r} in {display_url(storage_url)}: {len(study.trials)} trials so far; "
-          f"{trials} more over {args.jobs} job(s) with {max(1, cpus // args.jobs)} thread(s) each, "
-          f"up to {cfg.epochs} epochs each, {cfg.pruner.name} pruning", flush=True)
-    interrupted = False
+
+def run(args: argparse.Namespace) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command says what happens in its own lines
+    search, trials = plan(args)
+    data = load_prepared(search.data_dir, search.teacher)
+    study = search.open(data)
+    report_folder = args.out / search.study_name
+    try:  # now, not after the trials: a report that cannot be written would lose nothing but time
+        report_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"cannot write the report to {report_folder}: {exc.strerror or exc}: give --out a "
+                         "folder you can write") from None
+    print(f"{NAME}: study {search.study_name!r} in {display_url(search.storage_url)}: {len(study.trials)} trials "
+          f"so far; {trials} more over {search.jobs} job(s) with {max(1, search.cpus // search.jobs)} thread(s) "
+          f"each, up to {search.cfg.epochs} epochs each, {search.cfg.pruner.name} pruning", flush=True)
+    interrupted, failed = False, []
     try:
-        if trials and args.jobs == 1:
-            set_threads(1, cpus)
-            study = open_study(study_name, storage, cfg, args.model, base, data.sha256, offset)
-            run_trials(study, Objective(args.model, space, base, cfg, data), trials=trials)
+        if trials and search.jobs == 1:
+            set_threads(1, search.cpus)
+            run_trials(study, search.objective(data), trials=trials)
         elif trials:
-            interrupted = _run_jobs(args, cfg, trials, storage_url, study_name, space_name, base, offset, cpus)
+            failed = _run_jobs(search, trials)
     except KeyboardInterrupt:
         interrupted = True
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report finish
-    report(args, cfg, open_study(study_name, storage, cfg, args.model, base, data.sha256, 0), interrupted)
-    return 130 if interrupted else 0
+    with interrupts.deferred():  # a stop now lets the report finish
+        fail_stale_trials(study)  # a job killed outright (out of memory) left its trial running
+        report(args, search.cfg, study, interrupted or interrupts.requested())
+    if failed:
+        raise StudyError(f"{'; '.join(failed)}; the study keeps every finished trial and the report is written")
+    return 130 if interrupted or interrupts.requested() else 0
 
 
-def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_url: str, study_name: str,
-              space_name: str, base: dict, offset: int, cpus: int) -> bool:
-    """Start one process per job and wait; True when interrupted."""
+def _run_jobs(search: Search, trials: int) -> list[str]:
+    """Start one process per job and wait; returns what went wrong with each job that failed, raises
+    Interrupted on a stop (of this process, or of a job by itself)."""
     context = multiprocessing.get_context("spawn")
     # One pool of trials for all jobs, not a fixed share each: trials differ in length several times over (a
     # 64-wide RNN against a 2-layer bi-LSTM, a pruned trial against a finished one), and with fixed shares the
     # job that drew the short ones sat idle while the other still had a queue.
     tickets = context.Semaphore(trials)
-    processes = [context.Process(target=_job, args=(i, args.jobs, tickets, storage_url, study_name, cfg, args.model,
-                                                    space_name, base, args.data, offset, cpus), name=f"job-{i + 1}")
-                 for i in range(min(args.jobs, trials))]
+    processes = [context.Process(target=_job, args=(i, search, tickets), name=f"job-{i + 1}")
+                 for i in range(min(search.jobs, trials))]
     for process in processes:
         process.start()
     try:
@@ -203,18 +222,29 @@ def _run_jobs(args: argparse.Namespace, cfg: TuneConfig, trials: int, storage_ur
                 process.terminate()
         for process in processes:
             process.join()
-        return True
-    failed = [p.name for p in processes if p.exitcode not in (0, None)]
-    if failed:
-        raise StudyError(f"{', '.join(failed)} stopped with an error (above); the study keeps every finished trial")
-    return False
+        raise
+    if any(p.exitcode == 130 for p in processes):  # a job stopped by itself (`kill` of its pid): a stop
+        raise interrupts.interrupted()
+    return [f"{p.name} {_ended(p.exitcode)}" for p in processes if p.exitcode != 0]
 
 
-def report(args: argparse.Namespace, cfg: TuneConfig, study, interrupted: bool) -> None:
+def _ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return "stopped with an error (above)"
+
+
+def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, interrupted: bool) -> None:
     folder = args.out / study.study_name
     print(("\ninterrupted: " if interrupted else "\n") + pruning(study, cfg.epochs).line(cfg.epochs))
     print(table(study, args.top))
-    skipped = write_results(study, folder, cfg.epochs, args.top)
+    try:
+        skipped = write_results(study, folder, cfg.epochs, args.top)
+    except OSError as exc:
+        raise StudyError(f"cannot write the report to {folder}: {exc.strerror or exc}; the study keeps its trials: "
+                         f"`{NAME} --model {study.user_attrs.get('model')} --trials 0 --out FOLDER` writes it "
+                         "elsewhere") from None
     print(f"report: {folder}/summary.md, trials.csv and pictures"
           + "".join(f"\n  {name} skipped: {why}" for name, why in skipped.items()))
     best = finished(study)
@@ -229,7 +259,7 @@ def report(args: argparse.Namespace, cfg: TuneConfig, study, interrupted: bool) 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a scheduler's stop: like Ctrl-C, with the report
+    interrupts.install()  # Ctrl-C, `kill`, a scheduler's stop: the running trials fail, the report is written
     try:
         code = run(args)
     except PipelineError as exc:

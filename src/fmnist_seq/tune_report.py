@@ -12,7 +12,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import matplotlib
 
@@ -171,17 +171,22 @@ def write_pictures(study: optuna.Study, folder: Path) -> dict[str, str]:
     reason for each one skipped."""
     skipped = {}
     folder.mkdir(parents=True, exist_ok=True)
+    verbosity = optuna.logging.get_verbosity()
     for name, plot in PICTURES.items():
         with warnings.catch_warnings():
             # Optuna marks its matplotlib backend experimental on every call; tight_layout gives up on crowded
             # legends with a warning and draws them anyway
             warnings.simplefilter("ignore")
+            # and its plots log that a study has no finished trial yet, which the report's own lines say
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
             try:
                 axes = plot(study)
             except (ValueError, RuntimeError) as exc:
                 skipped[name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 (folder / name).unlink(missing_ok=True)
                 continue
+            finally:
+                optuna.logging.set_verbosity(verbosity)
             tidy(axes, name, len(study.trials))
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(9, 5.5)
