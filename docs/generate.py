@@ -284,6 +284,23 @@ def training_timings_block(root: Path) -> str:
                                "not a declared metric)."))
 
 
+# lstm-budget: the third model's training cost against the report's two (issue 27: at most 1.5 times).
+
+LSTM_BUDGET = 1.5
+
+
+def lstm_budget_block(root: Path) -> str:
+    seconds = {name: read_json(root, f"results/train/{name}/timings.json").get("train_seconds")
+               for name in ("rnn", "gru", "teacher", "lstm")}
+    if None in seconds.values():
+        return prose("No committed run has trained all four models yet (`results/train/<model>/timings.json`).")
+    ratio = (seconds["teacher"] + seconds["lstm"]) / (seconds["rnn"] + seconds["gru"])
+    return prose(f"In the committed run the teacher and the lstm trained in {seconds['teacher']:.0f} + "
+                 f"{seconds['lstm']:.0f} s, **{ratio:.2f}×** the {seconds['rnn']:.0f} + {seconds['gru']:.0f} s of "
+                 f"the RNN and the GRU ({'within' if ratio <= LSTM_BUDGET else 'over'} the budget of "
+                 f"{LSTM_BUDGET:g}×; from `results/train/<model>/timings.json`).")
+
+
 # tests: the suite's size, as pytest collects it.
 
 COLLECTED = re.compile(r"^(?:(?P<quick>\d+)/)?(?P<all>\d+) tests? collected(?: \((?P<deselected>\d+) deselected\))?",
@@ -314,6 +331,7 @@ KINDS: dict[str, Callable[[Path], str]] = {
     "parameters": parameters_block,
     "export": export_block,
     "training-timings": training_timings_block,
+    "lstm-budget": lstm_budget_block,
     "tests": tests_block,
 }
 

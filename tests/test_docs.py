@@ -315,3 +315,14 @@ def test_the_export_table_shows_the_figures_of_the_newer_export_metrics(tmp_path
     assert "| int8 file | — | dropped: −0.30 pts on validation (−0.20 pts allowed) |" in table
     assert "| validation accuracy | — | 91.05% (−0.30 pts) |" in table
     assert "| test accuracy | 90.60% | 90.41% (−0.19 pts) |" in table
+
+
+@pytest.mark.parametrize("teacher, verdict", [(150, "**1.30×** the 200 + 200 s of the RNN and the GRU (within"),
+                                              (250, "**1.55×** the 200 + 200 s of the RNN and the GRU (over")])
+def test_the_lstm_budget_is_the_ratio_of_the_runs_own_timings(tmp_path, teacher, verdict):
+    gen = generator()
+    assert "No committed run has trained all four models" in gen.lstm_budget_block(tmp_path)
+    for name, seconds in {"rnn": 200, "gru": 200, "teacher": teacher, "lstm": 370}.items():
+        (tmp_path / f"results/train/{name}").mkdir(parents=True)
+        (tmp_path / f"results/train/{name}/timings.json").write_text(json.dumps({"train_seconds": seconds}))
+    assert verdict in gen.lstm_budget_block(tmp_path).replace("\n", " ")
