@@ -190,7 +190,7 @@ def test_the_generated_blocks_are_what_make_docs_writes(tmp_path):
     run the pipeline and `make docs`) or from the committed results (CI, after its own `make repro`)."""
     gen = generator()
     blocks = {(name, block.kind) for name, text in documents().items() for block in gen.Block.all_in(text, name)}
-    assert {("README.md", "results"), ("README.md", "parameters"), ("README.md", "tests"),
+    assert {("README.md", "results"), ("docs/experiments.md", "parameters"), ("README.md", "tests"),
             ("docs/export.md", "export"), ("docs/performance.md", "training-timings")} <= blocks
     committed = committed_sources(tmp_path / "committed")
 
