@@ -113,8 +113,8 @@ node-example:
 web-example:
 	($(WEB_NPM_CI)) && touch $(WEB_STAMP)
 
-# Serve the page and the exported models (after `make repro`, or `dvc pull` from a DVC remote), and nothing else
-# of the repository: examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never
+# Serve the page and the exported models (which `make repro` writes; this repository configures no DVC remote to
+# pull them from), and nothing else of the repository: examples/web/serve.py answers only examples/web/, examples/common/ and models/onnx/, never
 # .git/ or .dvc/.
 # Only Python's standard library: no venv needed.
 web: $(WEB_STAMP)

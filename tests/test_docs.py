@@ -190,7 +190,7 @@ def test_the_generated_blocks_are_what_make_docs_writes(tmp_path):
     run the pipeline and `make docs`) or from the committed results (CI, after its own `make repro`)."""
     gen = generator()
     blocks = {(name, block.kind) for name, text in documents().items() for block in gen.Block.all_in(text, name)}
-    assert {("README.md", "results"), ("README.md", "parameters"), ("README.md", "tests"),
+    assert {("README.md", "results"), ("docs/experiments.md", "parameters"), ("README.md", "tests"),
             ("docs/export.md", "export"), ("docs/performance.md", "training-timings")} <= blocks
     committed = committed_sources(tmp_path / "committed")
 
@@ -228,17 +228,10 @@ def test_a_block_of_an_unknown_kind_or_without_its_end_is_an_error():
         gen.Block.all_in("<!-- generated: tests -->\n\n<!-- generated: results -->\n<!-- end generated -->\n", "x.md")
 
 
-# docs/tuning.md is being rewritten on another branch, which settles these: its block that shares experiments
-# between machines needs a team's DVC remote, so it runs elsewhere (`<!-- commands: elsewhere -->` before it).
-# Remove them here once that lands.
-PENDING = {("docs/tuning.md", f"dvc exp {verb} origin gru-trial-{trial}") for verb in ("push", "pull") for trial in (12, 31)}
-
-
 def test_every_command_in_the_docs_names_what_exists():
     commands = [c for name, text in documents().items() for c in commands_in(text, name)]
     assert len(commands) > 100 and {c.file for c in commands} >= {"README.md", "docs/tuning.md", "docs/web.md"}
-    checked = [c for c in commands if (c.file, " ".join(c.words)) not in PENDING]
-    problems = Checker(exists, TOP_FOLDERS).problems(checked)
+    problems = Checker(exists, TOP_FOLDERS).problems(commands)
     assert not problems, "\n".join(problems)
 
 
