@@ -1,9 +1,11 @@
 """Snapshots: a fit resumed from one ends exactly where an uninterrupted fit does; another run's snapshot, or a
 broken one, is never used, and says why; a live run's snapshot is never cleared by another run."""
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import torch
 
 from conftest import NORM, easy_split
 from fmnist_seq.config import AugmentConfig, ModelConfig, TrainConfig
-from fmnist_seq.snapshot import DEFAULT_FOLDER, SNAPSHOTS_ENV, RunKey, Snapshots, snapshot_folder
+from fmnist_seq.snapshot import DEFAULT_FOLDER, SNAPSHOTS_ENV, STALE_AFTER_DAYS, RunKey, Snapshots, snapshot_folder
 from fmnist_seq.training import TrainingJob, fit
 
 CFG = TrainConfig(model=ModelConfig(cell="gru", hidden_size=8, num_layers=2, dropout=0.2), optimizer="adamw", lr=0.01,
@@ -108,7 +110,7 @@ def test_another_runs_snapshot_is_not_resumed_and_says_why(tmp_path, change, rea
     assert seen == [1, 2, 3, 4]  # from the start
     assert_same_run(result, train(cfg=cfg, seed=seed)[0])
     assert len(lines) == 1 and f"not resuming {stale.path}: {reason}; starting afresh" in lines[0], lines
-    assert not stale.path.exists() and fresh.path.exists()  # one stage, one snapshot
+    assert stale.path.exists() and fresh.path.exists()  # the killed run's stays, for its own rerun to resume
 
 
 def test_changed_code_is_named(tmp_path):
@@ -181,8 +183,34 @@ def test_a_live_runs_snapshot_is_never_cleared_by_another_run(tmp_path):
     third = Snapshots(run_key(tmp_path, replace(CFG, lr=0.03)), tmp_path / "snapshots", log=lambda _: None)
     with third.held():
         train(third, cfg=replace(CFG, lr=0.03))
+    assert live_snapshot.exists() and other.path.exists()  # dead runs' now, but recent: their reruns may resume
+    week_ago = time.time() - (STALE_AFTER_DAYS * 86400 + 60)
+    for path in (live_snapshot, other.path, third.path):
+        os.utime(path, (week_ago, week_ago))
+    fourth = Snapshots(run_key(tmp_path, replace(CFG, lr=0.04)), tmp_path / "snapshots", log=lambda _: None)
+    with third.held():  # a live run's snapshot is never cleared, however old
+        with fourth.held():
+            train(fourth, cfg=replace(CFG, lr=0.04))
+        assert third.path.exists()
     assert not live_snapshot.exists() and not Snapshots.lock_of(live_snapshot).exists()
-    assert not other.path.exists()  # `other` ended without removing its snapshot: nobody holds it, so it goes
+    assert not other.path.exists()  # unused for a week and nobody holds it: cleared
+
+
+def test_runs_killed_together_each_resume_whichever_reruns_first(tmp_path):
+    """Two queued experiments (other lr) killed in the same epoch: the first rerun finishes without clearing
+    the other's snapshot, and the second rerun resumes it too (dvc queue start -j 2, then SIGKILL)."""
+    cfgs = [CFG, replace(CFG, lr=0.02)]
+    runs = [Snapshots(run_key(tmp_path, cfg), tmp_path / "snapshots", log=lambda _: None) for cfg in cfgs]
+    for run, cfg in zip(runs, cfgs):
+        with run.held(), pytest.raises(Killed):
+            train(run, kill_in_epoch=3, cfg=cfg)
+    for run, cfg in zip(runs, cfgs):
+        lines: list[str] = []
+        rerun = Snapshots(run.key, tmp_path / "snapshots", log=lines.append)
+        with rerun.held():
+            result, _ = train(rerun, cfg=cfg)
+        assert lines and lines[0].startswith("train_gru: resuming at epoch 3 of 4"), lines
+        assert_same_run(result, train(cfg=cfg)[0])
 
 
 def test_a_second_run_with_the_same_key_waits_for_the_first(tmp_path):

@@ -7,8 +7,10 @@ that determines the run's numbers (its run key): another run never resumes it, a
 
 Several runs may share the folder at once (`dvc queue start -j 2`, two workspaces with one FMNIST_SNAPSHOTS):
 each run holds a lock on its own `<snapshot>.lock` file for as long as it lives, and a run clears away only
-the snapshots of other runs whose lock nobody holds. The kernel releases a lock when its process dies, however
-it dies, so a killed run's snapshot is free to be resumed or cleared, and a live run's never goes.
+the snapshots of other runs whose lock nobody holds and that nobody has written for STALE_AFTER_DAYS. The
+kernel releases a lock when its process dies, however it dies, so a live run's snapshot never goes; a killed
+run's stays for its own rerun to resume (two queued experiments killed together each resume, whichever reruns
+first), and goes once it is left a week unused, so the folder does not fill up with every params change.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fmnist_seq.config import PER_RUN, RECIPE, TrainConfig, as_dict, changed_key
 FORMAT_VERSION = 2
 SNAPSHOTS_ENV = "FMNIST_SNAPSHOTS"
 DEFAULT_FOLDER = Path(".dvc") / "tmp" / "snapshots"
+STALE_AFTER_DAYS = 7  # a dead run's snapshot unused this long is cleared by the stage's next run
 
 
 def snapshot_folder(cwd: Path | None = None) -> Path:
@@ -226,7 +229,7 @@ class Snapshots:
 
     def save(self, state: dict[str, Any]) -> None:
         """Atomically: a kill during the write leaves the previous snapshot. The first save also clears the
-        stage's snapshots that no live run holds (one stage, one snapshot to resume, per live run)."""
+        stage's snapshots that no live run holds and that were left unused for STALE_AFTER_DAYS."""
         write_torch(self.path, {"format_version": FORMAT_VERSION, "key": asdict(self.key), "saved_at": time.time(),
                                 "state": state})
         if not self._cleared:
@@ -234,7 +237,13 @@ class Snapshots:
             self._cleared = True
 
     def _clear_stale_others(self) -> None:
+        cutoff = time.time() - STALE_AFTER_DAYS * 86400
         for other in self._others():
+            try:
+                if other.stat().st_mtime > cutoff:
+                    continue  # recent: a killed run's rerun may still resume it
+            except FileNotFoundError:  # another run cleared or finished it since the listing
+                continue
             lock = self.lock_of(other)
             fd = _lock(lock, wait=False, create=False)
             if fd is None and lock.exists():
