@@ -328,7 +328,7 @@ def test_bad_model_shows_error_and_previous_model_stays(page):
         failed = page.pick_model("../../models/onnx/rnn.onnx")
     finally:
         page.tab.unroute("**/models/onnx/rnn.onnx")
-    assert "HTTP 404" in failed["error"] and "dvc pull" in failed["error"] and failed["model"] == "gru.onnx"
+    assert "HTTP 404" in failed["error"] and "make repro" in failed["error"] and failed["model"] == "gru.onnx"
     assert page.tab.eval_on_selector("#model-select", "s => s.value").endswith("gru.onnx")
 
     # and a good file picked by the user is used

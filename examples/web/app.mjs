@@ -61,7 +61,7 @@ async function fetchBytes(url) {
   }
   if (!response.ok) {
     throw new Error(`${url}: HTTP ${response.status}; serve the page with \`make web\` after ` +
-                    "`dvc pull` or `dvc repro`, which write models/onnx/");
+                    "`make repro` (or `dvc pull` from a team's DVC remote), which writes models/onnx/");
   }
   return new Uint8Array(await response.arrayBuffer());
 }

@@ -4,7 +4,7 @@
 
 Serves the page on 127.0.0.1 (a free port) with `make web`'s server (serve.py), opens /examples/web/, picks the
 model, classifies one of the test images from models/onnx/samples.json (or --image), and saves the page.
-Needs what the page needs (models/onnx/ from `dvc pull` or `dvc repro`, `make web-example`), Playwright for
+Needs what the page needs (models/onnx/ from `make repro`, `make web-example`), Playwright for
 Python and Debian's chromium (`make setup`).
 """
 
