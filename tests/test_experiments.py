@@ -1,11 +1,13 @@
 """Experiments at scale on the synthetic pipeline: a shared DVC remote, `dvc exp push/pull`, the queue."""
 
 import json
+import os
+import subprocess
 import time
 
 import pytest
 
-from conftest import commit, dvc, make_dataset, make_project, run, serve
+from conftest import VENV_BIN, commit, dvc, make_dataset, make_project, run, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +92,14 @@ def _queue_states(project) -> tuple[dict[str, str], bool]:
     return states, "Worker status: 0 active, 0 idle" not in output
 
 
+def start_queue(project, *args: str) -> None:
+    """`dvc queue start`, not through run(): its detached workers inherit captured pipes and hold them open until
+    they exit, which an idle worker may not do for minutes after the queue is done (run() then times out)."""
+    env = {**os.environ, "PATH": str(VENV_BIN) + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(VENV_BIN / "dvc"), "queue", "start", *args], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=120, check=True)
+
+
 def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
     """Two experiments at once, each training the GRU with two data-parallel workers: their launchers pick
     their own free ports and their own temporary copies, so they do not collide; a bad value fails alone."""
@@ -97,7 +107,7 @@ def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
     dvc("exp", "run", "--queue", "-n", "bad-layers", "-S", "train_gru.model.num_layers=0", cwd=project)
     dvc("exp", "run", "--queue", "-n", "good-dropout", "-S", "train_gru.model.dropout=0.3", cwd=project)
     dvc("exp", "run", "--queue", "-n", "good-lr", "-S", "train_gru.lr=0.02", cwd=project)
-    dvc("queue", "start", "-j", "2", cwd=project)
+    start_queue(project, "-j", "2")
     deadline, restarts = time.monotonic() + 600, 0
     while time.monotonic() < deadline:
         states, worker_alive = _queue_states(project)
@@ -107,7 +117,7 @@ def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
             # DVC's filesystem broker can kill the worker between tasks (treeverse/dvc#10428);
             # the documented workaround is to start it again, which resumes the queue.
             restarts += 1
-            dvc("queue", "start", "-j", "2", cwd=project)
+            start_queue(project, "-j", "2")
         time.sleep(2)
     dvc("queue", "stop", cwd=project, check=False)
     assert states.get("bad-layers") == "Failed", states
@@ -122,23 +132,16 @@ def test_queued_sweep_one_bad_value_fails_only_its_experiment(reproduced):
 def test_a_killed_queued_experiment_resumes_when_run_again(reproduced):
     """Queued experiments train in a temporary copy under .dvc/tmp/exps/ that is deleted afterwards; their
     snapshots go to the repository's own folder, so the same experiment run again resumes."""
-    import os
-    import subprocess
-
     import psutil
     import torch
 
-    from conftest import VENV_BIN
     from fmnist_seq.snapshot import DEFAULT_FOLDER
 
     project, _ = reproduced
     values = ["-S", "train_gru.epochs=80", "-S", "train_gru.patience=0", "-S", "train_gru.workers=1",
               "-S", "train_gru.batch_size=16"]
     dvc("exp", "run", "--queue", "-n", "long-gru", *values, cwd=project)
-    # Not through run(): the detached queue worker keeps captured pipes open until the whole queue is done.
-    env = {**os.environ, "PATH": str(VENV_BIN) + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1"}
-    subprocess.run([str(VENV_BIN / "dvc"), "queue", "start"], cwd=project, env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=120)
+    start_queue(project)
     folder, saved, deadline = project / DEFAULT_FOLDER, 0, time.monotonic() + 300
     while saved < 3 and time.monotonic() < deadline:  # the queued copy writes into the repository's folder
         time.sleep(0.2)
