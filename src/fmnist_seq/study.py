@@ -27,14 +27,14 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_seq import interrupts
-from fmnist_seq.config import TrainConfig, build, changed_keys
 from fmnist_seq.checkpoint import load_checkpoint
+from fmnist_seq.config import TrainConfig, build, changed_keys
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
 from fmnist_seq.search_space import SEARCHABLE, Space, TuneConfig, apply, sample
-from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.models import Classifier
+from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.training import EpochRecord, TrainingJob, fit
 
 # What a study remembers of how it was started; a later run against other data or another base block would
@@ -215,7 +215,8 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
                          "name another study with --study")
     if attrs.get(ATTR_DATA) != data_sha256:
         raise StudyError(f"study {name!r} was run on other prepared data or another teacher (the seed or "
-                         "valid_ratio changed, or the teacher was retrained?); its trials are not comparable with new ones: name another study with --study")
+                         "valid_ratio changed, or the teacher was retrained?); its trials are not comparable with "
+                         "new ones: name another study with --study")
     # Only the recipe makes trials comparable: each trial sets its own epochs, seed and workers.
     changed = changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)), SEARCHABLE)
     if changed:
