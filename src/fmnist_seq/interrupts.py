@@ -5,7 +5,9 @@ A stop raises Interrupted (a KeyboardInterrupt, so no `except Exception` on the 
 main thread; the entry point then cleans up and exits with its code. A second signal during that clean-up is
 noted, not raised: it would cut the clean-up short. A stop raised inside a destructor cannot leave it (Python
 prints it and goes on), so it is delivered again a moment later, until it lands. A SIGINT that the process
-inherited ignored (nohup, a shell's background job) stays ignored, as in every program started that way.
+inherited ignored (nohup, a shell's background job) stays ignored, as in every program started that way. A
+process started inside held() gets its stops only once it has called install(): a Ctrl-C that reaches it while it
+still imports torch would otherwise end it with Python's own traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from fmnist_seq.errors import Interrupted
 
+# The signals that stop an entry point.
+_STOPS = {signal.SIGINT, signal.SIGTERM}
 # What a library that installs its own handlers may take over while it runs (torch elastic takes all four).
 _HANDLED_ELSEWHERE = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -39,11 +44,29 @@ _stop = _Stop()
 
 
 def install() -> None:
-    """Make SIGTERM, and SIGINT unless it was inherited ignored, raise Interrupted; first thing in a main()."""
+    """Make SIGTERM, and SIGINT unless it was inherited ignored, raise Interrupted; first thing in a main(). A
+    stop that was held back while this process started (held()) is raised here, so call it inside the `try` that
+    turns Interrupted into the exit code."""
     signal.signal(signal.SIGTERM, _on_signal)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_signal)
     sys.unraisablehook = _unraisable
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Start processes in this block: stop signals wait, blocked, in this thread until the block ends and in each
+    process started here until it calls install(); none is lost. (A blocked signal stays pending, and a child
+    inherits the signal mask through fork and exec: CPython protects its own resource tracker the same way.)"""
+    # multiprocessing starts that tracker with a process's first spawn and then unblocks SIGINT and SIGTERM
+    # outright, which would end the hold; so it starts first.
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def requested() -> bool:

@@ -121,11 +121,13 @@ def _job(job: int, search: Search, tickets) -> None:
     trials while `tickets` (a semaphore shared by the jobs, one per trial of this run) has one to give."""
     from fmnist_seq.distributed import die_with_launcher
     die_with_launcher()  # never outlive the fmnist-tune that started it
-    interrupts.install()  # SIGTERM from fmnist-tune, or a terminal's Ctrl-C: close the running trial, then stop
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sys.stderr = _NotATerminal(sys.stderr)
-    set_threads(search.jobs, search.cpus)
     try:
+        # SIGTERM from fmnist-tune, or a terminal's Ctrl-C: close the running trial, then stop. A Ctrl-C that came
+        # while this process imported its modules was held back until now (interrupts.held): it stops here.
+        interrupts.install()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sys.stderr = _NotATerminal(sys.stderr)
+        set_threads(search.jobs, search.cpus)
         data = load_prepared(search.data_dir, search.teacher)
         study = search.open(data)
         run_trials(study, search.objective(data, f"[job {job + 1}/{search.jobs}] "),
@@ -206,9 +208,12 @@ def _run_jobs(search: Search, trials: int) -> list[str]:
     tickets = context.Semaphore(trials)
     processes = [context.Process(target=_job, args=(i, search, tickets), name=f"job-{i + 1}")
                  for i in range(min(search.jobs, trials))]
-    for process in processes:
-        process.start()
     try:
+        # Each job takes its stops once it can close a trial, not while it imports torch; one that reached this
+        # process meanwhile is raised as the block ends, with every job started.
+        with interrupts.held():
+            for process in processes:
+                process.start()
         for process in processes:
             process.join()
     except KeyboardInterrupt:
