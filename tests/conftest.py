@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from fmnist_seq import interrupts
 from fmnist_seq.atomic import write_bytes
 from fmnist_seq.checkpoint import save_checkpoint
 from fmnist_seq.config import DownloadConfig, ExportConfig, FileSpec, ModelConfig, TrainConfig, as_dict
@@ -115,6 +117,18 @@ def make_dataset(folder: Path, per_class_train: int = 30, per_class_test: int = 
         (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
         files[name] = {"sha256": hashlib.sha256(raw).hexdigest(), "count": len(arrays[role])}
     return files
+
+
+@pytest.fixture
+def own_stop_handling(monkeypatch):
+    """For code that installs this process's signal handlers, unraisable hook and stop state (interrupts.py):
+    the test starts with fresh ones and gives pytest's back."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(interrupts, "_stop", interrupts._Stop())
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture

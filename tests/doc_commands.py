@@ -196,7 +196,9 @@ def options_in_help(text: str) -> frozenset[str]:
 def console_scripts() -> dict[str, str]:
     """pyproject.toml's console scripts: name -> module."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    return {name: target.split(":")[0] for name, target in scripts.items()}
+    modules = {name: target.split(":")[0] for name, target in scripts.items()}
+    # fmnist_seq.commands starts a command before importing it: the command's own module has its parser()
+    return {name: getattr(import_module(module), "MODULES", {}).get(name, module) for name, module in modules.items()}
 
 
 @cache

@@ -85,3 +85,18 @@ def test_a_sigint_inherited_ignored_stays_ignored(tmp_path):
     result, out = stage(tmp_path, "signal", signal.SIGINT, sigint_ignored=True)
     assert result.returncode == 0, result.stderr
     assert Path(str(out) + ".finished").exists()
+
+
+def test_a_ctrl_c_while_a_stage_still_imports_is_one_line(tmp_path):
+    """Before run_stage takes over, a stage script spends seconds importing torch; a Ctrl-C lands there."""
+    script = Path(__file__).resolve().parents[1] / "stages" / "demo.py"  # never written: the name is argv[0]
+    code = (f"import sys; sys.argv[0] = {str(script)!r}; sys.path.insert(0, {str(script.parent)!r}); "
+            "import _bootstrap; import signal; signal.raise_signal(signal.SIGINT)")  # as if inside `import torch`
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert result.stderr.strip() == f"{script.as_posix()}: interrupted while starting; it wrote nothing"
+    assert result.returncode == -signal.SIGINT  # the caller still sees a Ctrl-C
+    # Any other error keeps its traceback: it is a bug to read
+    result = subprocess.run([sys.executable, "-c", code.replace("signal.raise_signal(signal.SIGINT)", "1 / 0")],
+                            capture_output=True, text=True, timeout=60)
+    assert "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr and result.returncode == 1

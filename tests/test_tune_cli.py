@@ -42,17 +42,11 @@ def folder(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def own_stop_handling(monkeypatch):
-    """fmnist-tune's main() and its jobs install this process's signal handlers, unraisable hook and stop state
-    (interrupts.py); each test here starts with fresh ones and gives pytest's back."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    monkeypatch.setattr(sys, "stderr", sys.stderr)  # a job wraps it
-    monkeypatch.setattr(interrupts, "_stop", interrupts._Stop())
-    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)  # a job run in this process
-    yield
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
+def job_in_this_process(own_stop_handling, monkeypatch):
+    """fmnist-tune's main() and its jobs install this process's stop handling (own_stop_handling gives pytest's
+    back); a job run here wraps stderr and must not tie itself to pytest's parent."""
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    monkeypatch.setattr(distributed, "die_with_launcher", lambda: None)
 
 
 def set_space(folder, space: dict) -> None:
