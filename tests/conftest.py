@@ -262,6 +262,26 @@ def project(tmp_path: Path, http_mirror) -> Path:
     return make_project(tmp_path / "project", url, files)
 
 
+@pytest.fixture(scope="session")
+def reproduced_once(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProcess]]:
+    """A tiny project after its first full `dvc repro`, and what that repro printed: the tests that start from
+    a reproduced project copy it (copy_project) instead of training the whole DAG again each (about 75 s on two
+    cores). Its mirror is served for the whole session, so a copy's `dvc repro -f` downloads as the first did.
+    Uncommitted: each test commits what it needs."""
+    root = tmp_path_factory.mktemp("reproduced-once")
+    files = make_dataset(root / "mirror")
+    with serve(root / "mirror") as url:
+        project = make_project(root / "project", url, files)
+        yield project, dvc("repro", cwd=project)
+
+
+def copy_project(source: Path, dest: Path) -> Path:
+    """A copy of a project with its git history and DVC cache; DVC re-hashes the copied files on first use
+    (their inodes differ) and finds them as dvc.lock records them."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
 # --- the training stage's script, run as a process on prepared synthetic data -------------------
 
 def prepare_synthetic(root: Path, per_class_train: int) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, commit, dvc, make_dataset, make_project, run, serve, synthetic_images, write_params
+from conftest import ROOT, commit, copy_project, dvc, run, synthetic_images, write_params
 from fmnist_seq.runtime import metadata, open_session, run as run_model
 
 ARTIFACTS = {"lstm-onnx": "models/onnx/lstm.onnx", "lstm-int8-onnx": "models/onnx/lstm.int8.onnx",
@@ -34,17 +34,14 @@ def test_dvc_yaml_declares_the_exported_files_as_models():
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, reproduced_once):
     """A reproduced project pushed to a folder remote and a bare git repository, with two tagged versions.
 
     v1.0.0 of every artifact is the first export; v1.1.0 of gru-onnx is the GRU retrained with another lr one
     commit later (a re-export alone would give the same bytes: the file records its checkpoint, not the commit).
     """
     root = tmp_path_factory.mktemp("artifacts")
-    files = make_dataset(root / "mirror")
-    with serve(root / "mirror") as url:
-        project = make_project(root / "project", url, files)
-        dvc("repro", cwd=project)
+    project = copy_project(reproduced_once[0], root / "project")
     storage = root / "dvc-storage"
     dvc("remote", "add", "-d", "storage", str(storage), cwd=project)
     commit(project, "baseline")

@@ -7,22 +7,19 @@ import time
 
 import pytest
 
-from conftest import VENV_BIN, commit, dvc, make_dataset, make_project, run, serve
+from conftest import VENV_BIN, commit, copy_project, dvc, run
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
+def reproduced(tmp_path_factory, reproduced_once):
     """A tiny project after a full `dvc repro`, committed, with a local folder as its default DVC remote."""
     root = tmp_path_factory.mktemp("experiments")
-    files = make_dataset(root / "mirror")
-    with serve(root / "mirror") as url:
-        project = make_project(root / "project", url, files)
-        dvc("repro", cwd=project)
-        dvc("remote", "add", "-d", "storage", str(root / "dvc-storage"), cwd=project)
-        commit(project, "baseline")
-        yield project, root
+    project = copy_project(reproduced_once[0], root / "project")
+    dvc("remote", "add", "-d", "storage", str(root / "dvc-storage"), cwd=project)
+    commit(project, "baseline")
+    return project, root
 
 
 def test_push_then_fresh_clone_pulls_everything_without_retraining(reproduced):

@@ -8,7 +8,7 @@ from collections import Counter
 import onnxruntime as ort
 import pytest
 
-from conftest import commit, dvc, write_params
+from conftest import commit, copy_project, dvc, write_params
 from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES
 from fmnist_seq.data import RAW_FILES
 
@@ -31,8 +31,9 @@ def ran(result) -> set[str]:
     return {s for s in STAGES if f"Running stage '{s}'" in result.stdout}
 
 
-def test_full_pipeline_reruns_only_what_changed(project):
-    first = dvc("repro", cwd=project)
+def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
+    template, first = reproduced_once  # the first `dvc repro` of a fresh project, shared with other modules
+    project = copy_project(template, tmp_path / "project")
     assert ran(first) == set(STAGES)
     for name in RAW_FILES.values():
         assert (project / "data/raw" / name).is_file()
