@@ -36,9 +36,10 @@ def screenshot(out: Path, root: Path, model: str, sample: int, image: Path | Non
             page.wait_for_selector("body[data-ready]", timeout=60_000)
             if page.is_visible("#error"):
                 raise RuntimeError(page.inner_text("#error"))
-            if model != "gru":
+            # The page opens on its first model (the LSTM); picking the selected one again fires no change.
+            if page.input_value("#model-select") != f"../../models/onnx/{model}.onnx":
                 page.select_option("#model-select", f"../../models/onnx/{model}.onnx")
-                page.wait_for_function("m => document.getElementById('result').dataset.model === m", arg=f"{model}.onnx")
+            page.wait_for_function("m => document.getElementById('result').dataset.model === m", arg=f"{model}.onnx")
             if image is not None:
                 page.set_input_files("#image-file", str(image))
             else:
@@ -63,7 +64,7 @@ def screenshot(out: Path, root: Path, model: str, sample: int, image: Path | Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write, e.g. docs/web_page.png")
-    parser.add_argument("--model", choices=("gru", "rnn"), default="gru", help="the model to pick (default gru)")
+    parser.add_argument("--model", choices=("lstm", "gru", "rnn"), default="lstm", help="the model to pick (default lstm, the page's first)")
     parser.add_argument("--sample", type=int, default=0, help="which shipped test image to classify (default 0)")
     parser.add_argument("--image", type=Path, help="classify this image file instead of a test image")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder to serve (default: this repository)")
