@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def table(model: str, rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("rnn", "gru"), required=True)
+    parser.add_argument("--model", choices=("rnn", "gru", "lstm"), required=True)
     parser.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD")
     parser.add_argument("--name-prefix", default="", help="only experiments whose name starts with this")
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
@@ -97,7 +98,11 @@ def main() -> None:
     command = ["dvc", "exp", "show", "--json"] + (["--all-commits"] if args.all_commits else [])
     shown = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
     exps = [e for e in experiments(shown) if e["name"].startswith(args.name_prefix)]
-    text = table(args.model, rows_for(args.model, exps))
+    rows = rows_for(args.model, exps)
+    if not rows:  # a queue still running, or experiments of another clone (they stay where they ran)
+        sys.exit(f"sweep_table.py: no finished experiment{f' named {args.name_prefix}*' if args.name_prefix else ''} "
+                 f"retrained the {args.model} in this clone; `dvc queue status` shows what is still queued or running")
+    text = table(args.model, rows)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
