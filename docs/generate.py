@@ -9,9 +9,11 @@ each stale block with a unified diff, and exits 1. The output depends only on th
 from __future__ import annotations
 
 import argparse
+import csv
 import difflib
 import json
 import re
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -301,6 +303,78 @@ def lstm_budget_block(root: Path) -> str:
                  f"{LSTM_BUDGET:g}×; from `results/train/<model>/timings.json`).")
 
 
+# lstm-seeds: the third model over 3 seeds (issue 27's targets), from the lines bench/seeds.py wrote.
+
+SEEDS_LSTM = "results/bench/seeds_lstm.jsonl"
+LSTM_TARGETS = {"mean": 0.925, "each seed": 0.923, "committed run": 0.925}
+
+
+def read_jsonl(root: Path, path: str) -> list[dict[str, Any]]:
+    file = root / path
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
+
+
+def lstm_seeds_block(root: Path) -> str:
+    runs = sorted(read_jsonl(root, SEEDS_LSTM), key=lambda run: run["seed"])
+    if len(runs) < 2:
+        return prose(f"Fewer than two seeds are recorded in `{SEEDS_LSTM}`.")
+    test, valid = [run["test_accuracy"] for run in runs], [run["valid_accuracy"] for run in runs]
+    rows = [(str(run["seed"]), [pct(run["test_accuracy"]), pct(run["valid_accuracy"]), str(run["selected_epoch"])])
+            for run in runs]
+    rows.append(("mean ± sd", [f"**{pct(statistics.mean(test))} ± {100 * statistics.stdev(test):.2f}**",
+                               f"{pct(statistics.mean(valid))} ± {100 * statistics.stdev(valid):.2f}", ""]))
+    committed = next((run for run in runs if "source" in run), runs[0])
+    measured = {"mean": statistics.mean(test), "each seed": min(test), "committed run": committed["test_accuracy"]}
+    verdicts = [f"{what} {pct(measured[what])} ({'met' if measured[what] >= aim else 'missed'}, aim {100 * aim:g}%)"
+                for what, aim in LSTM_TARGETS.items()]
+    return (table(["seed", "test accuracy", "validation accuracy", "selected epoch"], rows) + "\n\n"
+            + prose(f"From `{SEEDS_LSTM}` (seed {committed['seed']}: the committed pipeline run; sd: the sample "
+                    f"standard deviation, in points). Against the targets: {'; '.join(verdicts)}."))
+
+
+# tune-recipe-studies, tune-arch-study: the Optuna studies committed under results/tune/.
+
+def study_summary(root: Path, study: str) -> str:
+    """The first line of the study's summary.md, which fmnist-tune writes: trials, states, what pruning saved."""
+    file = root / "results" / "tune" / study / "summary.md"
+    lines = [line for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")] \
+        if file.is_file() else []
+    return lines[0].rstrip(".") if lines else MISSING
+
+
+def study_trials(root: Path, study: str) -> list[dict[str, str]]:
+    file = root / "results" / "tune" / study / "trials.csv"
+    return list(csv.DictReader(file.open())) if file.is_file() else []
+
+
+def best_trial(trials: list[dict[str, str]]) -> dict[str, str] | None:
+    finished = [t for t in trials if t["state"] == "complete"]
+    return max(finished, key=lambda t: float(t["valid_accuracy"])) if finished else None
+
+
+def tune_recipe_studies_block(root: Path) -> str:
+    items = []
+    for study in ("gru", "rnn"):
+        best = best_trial(study_trials(root, study))
+        if best is not None:
+            items.append(textwrap.fill(f"- `{study}`: {study_summary(root, study)}. Best: trial {best['trial']}, "
+                                       f"{pct(float(best['valid_accuracy']))} validation.", 110,
+                                       subsequent_indent="  ", break_long_words=False, break_on_hyphens=False))
+    return "\n".join(items) + "\n\n" + prose("From `results/tune/<study>/summary.md` and `trials.csv`.")
+
+
+def tune_arch_study_block(root: Path) -> str:
+    trials = [t for t in study_trials(root, "gru_arch") if t["state"] == "complete"]
+    rows = [(t["trial"], [t["model.cell"], "yes" if t["model.bidirectional"] == "True" else "no", t["model.head"],
+                          f"{t['model.hidden_size']} × {t['model.num_layers']}", pct(float(t["valid_accuracy"])),
+                          f"{float(t['seconds']):.0f}"])
+            for t in sorted(trials, key=lambda t: float(t["valid_accuracy"]), reverse=True)]
+    return (prose(f"{study_summary(root, 'gru_arch')}. The finished trials, best first:") + "\n\n"
+            + table(["trial", "cell", "bidirectional", "head", "width × layers", "validation",
+                     "seconds (one thread)"], rows)
+            + "\n\n" + prose("From `results/tune/gru_arch/summary.md` and `trials.csv`."))
+
+
 # tests: the suite's size, as pytest collects it.
 
 COLLECTED = re.compile(r"^(?:(?P<quick>\d+)/)?(?P<all>\d+) tests? collected(?: \((?P<deselected>\d+) deselected\))?",
@@ -332,6 +406,9 @@ KINDS: dict[str, Callable[[Path], str]] = {
     "export": export_block,
     "training-timings": training_timings_block,
     "lstm-budget": lstm_budget_block,
+    "lstm-seeds": lstm_seeds_block,
+    "tune-recipe-studies": tune_recipe_studies_block,
+    "tune-arch-study": tune_arch_study_block,
     "tests": tests_block,
 }
 

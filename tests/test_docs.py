@@ -319,3 +319,120 @@ def test_the_lstm_budget_is_the_ratio_of_the_runs_own_timings(tmp_path, teacher,
         (tmp_path / f"results/train/{name}").mkdir(parents=True)
         (tmp_path / f"results/train/{name}/timings.json").write_text(json.dumps({"train_seconds": seconds}))
     assert verdict in gen.lstm_budget_block(tmp_path).replace("\n", " ")
+
+
+# Hand-written figures. A measured figure in a document is either written by docs/generate.py from the file that
+# holds it (a generated block, checked above), or its section names the commit it comes from. A number is a
+# figure when it is a decimal or carries a unit of measure; dimensions (28×28), versions (onnxruntime 1.31),
+# code and link targets are not prose figures.
+FIGURE = re.compile(r"(?<![\w.,/-])(?:\d[\d,]*\.\d+(?![\d.])(?:\s?(?:%|×(?!\d)))?|\d[\d,]*\s?(?:%|×(?!\d)|(?:s|ms|min|minutes|"
+                    r"seconds|hours|GFLOP/s|MB|GB|pts|points|img/s|images/s)(?![\w/])))")
+VERSION = re.compile(r"\b(?:Python|onnxruntime|onnx|torch|torchvision|opset|IR version|IR|Node\.js|optuna|dvc|DVC)"
+                     r"\s+\d+(?:\.\d+)*")
+HIDDEN = [re.compile(r"<!-- generated: [\w-]+ -->.*?<!-- end generated -->", re.S), re.compile(r"^\s*```.*?^\s*```", re.S | re.M),
+          re.compile(r"<!--.*?-->", re.S)]
+COMMIT = re.compile(r"(?<![\w/])" + doc_commands.HEX_REF.pattern + r"(?![\w/])")
+
+
+def hand_written(text: str) -> str:
+    """The document's own prose: generated blocks, code blocks and comments blanked (line numbers kept), and in
+    what is left, inline code and link targets."""
+    for pattern in HIDDEN:
+        text = pattern.sub(lambda m: "\n" * m.group().count("\n"), text)
+    return "\n".join(re.sub(r"\]\([^)]*\)", "]", re.sub(r"`[^`\n]*`", "", line)) for line in text.splitlines())
+
+
+def figures_in(line: str) -> list[str]:
+    return FIGURE.findall(VERSION.sub("", line))
+
+
+def sections(text: str) -> list[tuple[int, list[str]]]:
+    """(first line number, lines) from one heading to the next; the text before the first heading is one too."""
+    found, start, lines = [], 1, []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#") and lines:
+            found.append((start, lines))
+            start, lines = number, []
+        lines.append(line)
+    return found + [(start, lines)]
+
+
+def unsourced_figures(name: str, text: str, in_history=doc_commands.in_history) -> list[str]:
+    """One line per hand-written figure whose source is not named: its section names no commit of HEAD's history,
+    or its paragraph names none while citing a results file of the tree (whose figures a generated block quotes)."""
+    def commits(lines: list[str]) -> bool:
+        return any(in_history(commit) for line in lines for commit in COMMIT.findall(line))
+
+    problems = []
+    for start, lines in sections(hand_written(text)):
+        named = commits(lines)
+        paragraph: list[tuple[int, str]] = []
+        for offset, line in enumerate([*lines, ""]):
+            if line.strip():
+                paragraph.append((start + offset, line))
+                continue
+            cited = [path for _, l in paragraph for path in cited_paths(l)
+                     if path.startswith("results/") and exists(path) and not path.endswith(".png")]
+            if commits([l for _, l in paragraph]):
+                cited = []  # the paragraph says which commit's file it quotes
+            for number, l in paragraph:
+                figures = figures_in(l)
+                if figures and cited:
+                    problems.append(f"{name}:{number}: {', '.join(figures)} beside {cited[0]}: a figure from a file "
+                                    "of the tree belongs in a generated block (docs/generate.py)")
+                elif figures and not named:
+                    problems.append(f"{name}:{number}: {', '.join(figures)}: its section names no commit; generate "
+                                    "it from the file that holds it (docs/generate.py), or name the commit it comes from")
+            paragraph = []
+    return problems
+
+
+def test_every_hand_written_figure_names_its_source():
+    docs = documents()
+    assert sum(len(figures_in(line)) for text in docs.values() for line in hand_written(text).splitlines()) > 100
+    problems = [p for name, text in docs.items() for p in unsourced_figures(name, text)]
+    assert not problems, "\n".join(problems)
+
+
+MADE_UP_FINDINGS = """# A page
+
+Machines differ about 3× (see below). A 28×28 image, onnxruntime 1.31, `lr=0.002`, [a](results/x_1.5.json).
+
+## Sourced
+
+From commit 0123abc: 91.06% test, 240 s.
+
+| seed | test |
+|---|---|
+| 2027 | 92.15% |
+
+## From the tree
+
+Seeds, raw lines in results/evaluate/metrics.json and commit 0123abc for the rest:
+
+| 2027 | 92.15% |
+
+The committed run (results/evaluate/metrics.json) scored 92.39%.
+
+<!-- generated: lstm-seeds -->
+| 2027 | 92.15% |
+<!-- end generated -->
+
+```text
+{"gflops": 344.7}
+```
+"""
+
+
+def test_the_figure_check_catches_unsourced_and_tree_figures():
+    problems = unsourced_figures("docs/fake.md", MADE_UP_FINDINGS, in_history=lambda rev: rev == "0123abc")
+    assert [p.split(": ", 1)[0] + ": " + p.split(": ")[1] for p in problems] == [
+        "docs/fake.md:3: 3×",  # a section without a commit; the dimension, version, code and link are no figures
+        "docs/fake.md:19: 92.39% beside results/evaluate/metrics.json",  # a commit in the section, not the paragraph
+    ]
+    assert unsourced_figures("docs/fake.md", MADE_UP_FINDINGS, in_history=lambda rev: False)[1:] == [
+        f"docs/fake.md:{line}: {figures}: its section names no commit; generate it from the file that holds it "
+        "(docs/generate.py), or name the commit it comes from"
+        for line, figures in [(7, "91.06%, 240 s"), (11, "92.15%"), (17, "92.15%")]] + [
+        "docs/fake.md:19: 92.39% beside results/evaluate/metrics.json: a figure from a file of the tree belongs in a "
+        "generated block (docs/generate.py)"]
