@@ -326,7 +326,7 @@ def test_the_lstm_budget_is_the_ratio_of_the_runs_own_timings(tmp_path, teacher,
 # figure when it is a decimal or carries a unit of measure; dimensions (28×28), versions (onnxruntime 1.31),
 # code and link targets are not prose figures.
 FIGURE = re.compile(r"(?<![\w.,/-])(?:\d[\d,]*\.\d+(?![\d.])(?:\s?(?:%|×(?!\d)))?|\d[\d,]*\s?(?:%|×(?!\d)|(?:s|ms|min|minutes|"
-                    r"seconds|hours|GFLOP/s|MB|GB|pts|points|img/s|images/s)(?![\w/])))")
+                    r"seconds|hours|times|GFLOP/s|MB|GB|pts|points|img/s|images/s)(?![\w/])))")
 VERSION = re.compile(r"\b(?:Python|onnxruntime|onnx|torch|torchvision|opset|IR version|IR|Node\.js|optuna|dvc|DVC)"
                      r"\s+\d+(?:\.\d+)*")
 HIDDEN = [re.compile(r"<!-- generated: [\w-]+ -->.*?<!-- end generated -->", re.S), re.compile(r"^\s*```.*?^\s*```", re.S | re.M),
@@ -335,15 +335,16 @@ COMMIT = re.compile(r"(?<![\w/])" + doc_commands.HEX_REF.pattern + r"(?![\w/])")
 
 
 def hand_written(text: str) -> str:
-    """The document's own prose: generated blocks, code blocks and comments blanked (line numbers kept), and in
-    what is left, inline code and link targets."""
+    """The document's own prose: generated blocks, code blocks, comments and link targets blanked (line numbers
+    kept)."""
     for pattern in HIDDEN:
         text = pattern.sub(lambda m: "\n" * m.group().count("\n"), text)
-    return "\n".join(re.sub(r"\]\([^)]*\)", "]", re.sub(r"`[^`\n]*`", "", line)) for line in text.splitlines())
+    return "\n".join(re.sub(r"\]\([^)]*\)", "]", line) for line in text.splitlines())
 
 
 def figures_in(line: str) -> list[str]:
-    return FIGURE.findall(VERSION.sub("", line))
+    """The figures of a line of prose; inline code is a value or a command, not a figure."""
+    return FIGURE.findall(VERSION.sub("", re.sub(r"`[^`\n]*`", "", line)))
 
 
 def sections(text: str) -> list[tuple[int, list[str]]]:
