@@ -437,3 +437,8 @@ def test_the_figure_check_catches_unsourced_and_tree_figures():
         for line, figures in [(7, "91.06%, 240 s"), (11, "92.15%"), (17, "92.15%")]] + [
         "docs/fake.md:19: 92.39% beside results/evaluate/metrics.json: a figure from a file of the tree belongs in a "
         "generated block (docs/generate.py)"]
+
+
+def test_the_docs_index_names_every_kind_of_generated_block():
+    index = (ROOT / "docs" / "README.md").read_text()
+    assert [kind for kind in generator().KINDS if f"`{kind}`" not in index] == []
