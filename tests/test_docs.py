@@ -1,5 +1,6 @@
 """What the documentation says matches the repository: every path it cites exists, figures quoted from the
-committed results are those results (the generated blocks are what `make docs` writes), and every shell command
+committed results are those results (the generated blocks are what `make docs` writes), every other figure names
+the commit it comes from (so none is hand-copied from a file of the tree), and every shell command
 it shows names make targets, flags, scripts, paths and commits that exist (tests/doc_commands.py says which
 text counts as a command).
 
