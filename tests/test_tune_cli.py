@@ -239,14 +239,15 @@ def test_a_stopped_search_in_one_process_closes_its_trial_and_writes_the_report(
     with pytest.raises(SystemExit) as exited:
         tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
     out, err = capsys.readouterr()
-    assert exited.value.code == 130, err
+    assert exited.value.code == 128 + sig, err  # as the stages exit: 130 for Ctrl-C, 143 for SIGTERM
     assert err == "" and "interrupted: 1 trials: 0 finished, 0 pruned (0%), 1 failed" in out, out + err
     assert (folder / "results/tune/gru/summary.md").is_file()
     assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]  # and no second trial
 
 
 @STOPS
-def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, monkeypatch, sig, where):
+def test_a_stopped_job_closes_its_trial_and_exits_128_plus_the_signal(folder, prepared, capsys, monkeypatch, sig,
+                                                                     where):
     """One of fmnist-tune --jobs N's trial processes (run here in this process: the code a spawned job runs)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(study, "fit", stopping_fit(sig, where))
@@ -254,7 +255,7 @@ def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, 
     with pytest.raises(SystemExit) as exited:
         tune_cli._job(0, search, multiprocessing.Semaphore(2))
     err = capsys.readouterr().err
-    assert exited.value.code == 130, err
+    assert exited.value.code == 128 + sig, err
     assert err == ""
     assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]
 

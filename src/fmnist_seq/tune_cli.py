@@ -132,8 +132,8 @@ def _job(job: int, search: Search, tickets) -> None:
         study = search.open(data)
         run_trials(study, search.objective(data, f"[job {job + 1}/{search.jobs}] "),
                    take=lambda: tickets.acquire(block=False))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(interrupts.exit_code(exc))
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -181,21 +181,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"{NAME}: study {search.study_name!r} in {display_url(search.storage_url)}: {len(study.trials)} trials "
           f"so far; {trials} more over {search.jobs} job(s) with {max(1, search.cpus // search.jobs)} thread(s) "
           f"each, up to {search.cfg.epochs} epochs each, {search.cfg.pruner.name} pruning", flush=True)
-    interrupted, failed = False, []
+    stop: KeyboardInterrupt | None = None
+    failed: list[str] = []
     try:
         if trials and search.jobs == 1:
             set_threads(1, search.cpus)
             run_trials(study, search.objective(data), trials=trials)
         elif trials:
             failed = _run_jobs(search, trials)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        stop = exc
     with interrupts.deferred():  # a stop now lets the report finish
         fail_stale_trials(study)  # a job killed outright (out of memory) left its trial running
-        report(args, search.cfg, study, interrupted or interrupts.requested())
+        report(args, search.cfg, study, stop is not None or interrupts.requested())
     if failed:
         raise StudyError(f"{'; '.join(failed)}; the study keeps every finished trial and the report is written")
-    return 130 if interrupted or interrupts.requested() else 0
+    return interrupts.exit_code(stop) if stop is not None or interrupts.requested() else 0
 
 
 def _run_jobs(search: Search, trials: int) -> list[str]:
@@ -228,8 +229,10 @@ def _run_jobs(search: Search, trials: int) -> list[str]:
         for process in processes:
             process.join()
         raise
-    if any(p.exitcode == 130 for p in processes):  # a job stopped by itself (`kill` of its pid): a stop
-        raise interrupts.interrupted()
+    for process in processes:  # a job stopped by itself (`kill` of its pid): a stop, with that job's signal
+        signum = interrupts.stop_of_exit_code(process.exitcode)
+        if signum is not None:
+            raise interrupts.interrupted(signum)
     return [f"{p.name} {_ended(p.exitcode)}" for p in processes if p.exitcode != 0]
 
 
@@ -270,9 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as exc:
         print(f"{NAME}: error: {exc}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"{NAME}: interrupted", file=sys.stderr)
-        code = 130
+        code = interrupts.exit_code(exc)
     sys.exit(code)
 
 
