@@ -298,6 +298,23 @@ def test_a_trial_out_of_memory_fails_and_the_search_goes_on(folder, prepared, ca
     assert all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
 
 
+def test_an_unexpected_error_ends_a_search_in_one_process_as_it_ends_a_job(folder, prepared, capsys, monkeypatch):
+    """A bug or a CUDA error in a trial of --jobs 1 escaped as a bare traceback, without the report; a job of
+    --jobs N prints its traceback and fmnist-tune reports (tests/test_tune.py, "bug"). Now both do the same."""
+    def bug(*_args, **_kwargs):
+        raise ValueError("a bug in the training")
+    monkeypatch.setattr(study, "fit", bug)
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1, err
+    assert "Traceback" in err and "ValueError: a bug in the training" in err
+    assert err.strip().splitlines()[-1] == ("fmnist-tune: error: the search stopped with an error (above); the study "
+                                            "keeps every finished trial and the report is written")
+    assert "1 trials: 0 finished, 0 pruned (0%), 1 failed" in out and (folder / "results/tune/gru/summary.md").is_file()
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]  # and no second trial
+
+
 def test_a_database_storage_prints_no_warning_of_optuna(tmp_path):
     """heartbeat_interval is experimental in Optuna: its warning came before every process's first line."""
     with warnings.catch_warnings(record=True) as caught:

@@ -247,6 +247,16 @@ def stale_trial_attr(number: int) -> str:
     return f"trial {number} error"
 
 
+def running_trials(study: optuna.Study, pids: list[int]) -> dict[int, list[int]]:
+    """The numbers of the trials still running in each of these processes of this machine, by pid."""
+    host, found = socket.gethostname(), {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") == host and pid in pids:
+            found.setdefault(pid, []).append(trial.number)
+    return found
+
+
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Close the trials left running by a process of this machine that no longer exists (killed by SIGKILL,
     out of memory, a reboot): the journal file has no heartbeat, and a trial left running forever would count

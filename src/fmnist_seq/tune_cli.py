@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,14 @@ from fmnist_seq.errors import ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
 from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
-                              open_storage, open_study, run_trials, set_threads)
+                              open_storage, open_study, run_trials, running_trials, set_threads)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
 
 NAME = "fmnist-tune"
 DEFAULT_TEACHER = Path("models/teacher.pt")  # train_teacher's output (dvc.yaml), which train_lstm distills from
+# After a stop, how long a job may take to close its trial (one Optuna write, then the process ends: a second or
+# two) before it is killed and its trial lost
+STOP_TIMEOUT_S = 10.0
 
 
 def parse_jobs(text: str) -> int:
@@ -137,6 +142,9 @@ def _job(job: int, search: Search, tickets) -> None:
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except Exception:  # a bug, a CUDA error: its traceback, then fmnist-tune reports (as with --jobs 1, run())
+        traceback.print_exc()
+        sys.exit(1)
 
 
 def plan(args: argparse.Namespace) -> tuple[Search, int]:
@@ -186,9 +194,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if trials and search.jobs == 1:
             set_threads(1, search.cpus)
-            run_trials(study, search.objective(data), trials=trials)
+            failed = _run_here(search, data, study, trials)
         elif trials:
-            failed = _run_jobs(search, trials)
+            failed = _run_jobs(search, trials, study)
     except KeyboardInterrupt as exc:
         stop = exc
     with interrupts.deferred():  # a stop now lets the report finish
@@ -199,7 +207,22 @@ def run(args: argparse.Namespace) -> int:
     return interrupts.exit_code(stop) if stop is not None or interrupts.requested() else 0
 
 
-def _run_jobs(search: Search, trials: int) -> list[str]:
+def _run_here(search: Search, data: Prepared, study: optuna.Study, trials: int) -> list[str]:
+    """The trials of --jobs 1, in this process; returns what went wrong, as _run_jobs does for its jobs: an error
+    that is not a failed trial (a bug, a CUDA error) ends the search the same way with one job or several, its
+    message or traceback first, then the report."""
+    try:
+        run_trials(study, search.objective(data), trials=trials)
+    except PipelineError as exc:
+        print(f"{NAME}: error: {exc}", file=sys.stderr, flush=True)
+        return ["the search stopped with an error (above)"]
+    except Exception:
+        traceback.print_exc()
+        return ["the search stopped with an error (above)"]
+    return []
+
+
+def _run_jobs(search: Search, trials: int, study: optuna.Study) -> list[str]:
     """Start one process per job and wait; returns what went wrong with each job that failed, raises
     Interrupted on a stop (of this process, or of a job by itself)."""
     context = multiprocessing.get_context("spawn")
@@ -218,22 +241,46 @@ def _run_jobs(search: Search, trials: int) -> list[str]:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        # A terminal's Ctrl-C reached the jobs too: give them a moment to close their trials; a signal to this
-        # process alone did not reach them: pass it on.
-        deadline = time.monotonic() + 5
-        for process in processes:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join()
+        _stop_jobs(processes, study)
         raise
     for process in processes:  # a job stopped by itself (`kill` of its pid): a stop, with that job's signal
         signum = interrupts.stop_of_exit_code(process.exitcode)
         if signum is not None:
             raise interrupts.interrupted(signum)
     return [f"{p.name} {_ended(p.exitcode)}" for p in processes if p.exitcode != 0]
+
+
+def _stop_jobs(processes: list, study: optuna.Study) -> None:
+    """Stop the jobs and wait, STOP_TIMEOUT_S at most or until another stop comes, for each to close its trial; a
+    job still running then is killed (a trial stuck in a CUDA call or a lock hears no signal), and the trial it
+    ran is named as lost: fmnist-tune closes it as failed before the report."""
+    # A terminal's Ctrl-C reached the jobs already, a `kill` of this process did not: SIGTERM to each. A job that
+    # is closing its trial notes the second signal and goes on (interrupts.py).
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.terminate()
+    if alive:
+        print(f"stopping: waiting up to {STOP_TIMEOUT_S:g} s for {len(alive)} job(s) to close their trials "
+              "(Ctrl-C again: stop them now)", flush=True)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while alive and not interrupts.stopped_again() and time.monotonic() < deadline:
+        # short waits: a second Ctrl-C only notes itself (interrupts.py), it interrupts no wait
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=min(0.2, deadline - time.monotonic()))
+        alive = [p for p in alive if p.is_alive()]
+    stuck = [p for p in processes if p.is_alive()]
+    for process in stuck:
+        process.kill()
+    for process in stuck:
+        process.join()
+    if not stuck:
+        return
+    running = running_trials(study, [p.pid for p in stuck])
+    when = "at the second stop" if interrupts.stopped_again() else f"within {STOP_TIMEOUT_S:g} s"
+    for process in stuck:
+        numbers = running.get(process.pid, [])
+        lost = (f"its trial {', '.join(map(str, numbers))} is lost (closed as failed)" if numbers
+                else "it ran no trial")
+        print(f"{NAME}: {process.name} did not stop {when}: killed; {lost}", file=sys.stderr, flush=True)
 
 
 def _ended(code: int | None) -> str:
