@@ -28,9 +28,11 @@ import optuna
 
 from fmnist_seq import interrupts
 from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
+from fmnist_seq.distributed import resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
+from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
                               open_storage, open_study, run_trials, running_trials, set_threads)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
@@ -164,6 +166,7 @@ def plan(args: argparse.Namespace) -> tuple[Search, int]:
         raise ParamsError(f"params.yaml: missing block '{block}'")
     base = params[block]
     base_cfg = build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
+    resolve_device(base_cfg.device)  # device: cuda without a GPU stops here, not in every trial
     distills = base_cfg.distill.alpha > 0 or "distill.alpha" in space.params
     if args.teacher is not None and not distills:
         raise ParamsError(f"--teacher {args.teacher}: {block}.distill.alpha is 0 and tune.spaces.{space_name} does "
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         stop = exc
     with interrupts.deferred():  # a stop now lets the report finish
         fail_stale_trials(study)  # a job killed outright (out of memory) left its trial running
-        report(args, search.cfg, study, stop is not None or interrupts.requested())
+        report(args, search, study, stop is not None or interrupts.requested())
     if failed:
         raise StudyError(f"{'; '.join(failed)}; the study keeps every finished trial and the report is written")
     return interrupts.exit_code(stop) if stop is not None or interrupts.requested() else 0
@@ -290,12 +293,24 @@ def _ended(code: int | None) -> str:
     return "stopped with an error (above)"
 
 
-def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, interrupted: bool) -> None:
-    folder = args.out / study.study_name
+def no_retrain(search: Search) -> str | None:
+    """Why no `dvc exp run` retrains the search's trials exactly, or None. The pipeline's train_lstm learns from
+    DEFAULT_TEACHER (dvc.yaml), so trials that learned from other bytes (--teacher) have no such command."""
+    if search.teacher is None or search.teacher.resolve() == DEFAULT_TEACHER.resolve():
+        return None
+    if DEFAULT_TEACHER.is_file() and file_sha256(DEFAULT_TEACHER) == file_sha256(search.teacher):
+        return None
+    return (f"they learned from {search.teacher}, and the pipeline's train_{search.model} learns from "
+            f"{DEFAULT_TEACHER} (dvc.yaml), " + ("another checkpoint" if DEFAULT_TEACHER.is_file() else "not there")
+            + "; each trial's values and seed are in trials.csv")
+
+
+def report(args: argparse.Namespace, search: Search, study: optuna.Study, interrupted: bool) -> None:
+    cfg, folder, unexact = search.cfg, args.out / study.study_name, no_retrain(search)
     print(("\ninterrupted: " if interrupted else "\n") + pruning(study, cfg.epochs).line(cfg.epochs))
     print(table(study, args.top))
     try:
-        skipped = write_results(study, folder, cfg.epochs, args.top)
+        skipped = write_results(study, folder, cfg.epochs, args.top, unexact)
     except OSError as exc:
         raise StudyError(f"cannot write the report to {folder}: {exc.strerror or exc}; the study keeps its trials: "
                          f"`{NAME} --model {study.user_attrs.get('model')} --trials 0 --out FOLDER` writes it "
@@ -305,10 +320,15 @@ def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, inter
     best = finished(study)
     if not best:
         return
+    if unexact:
+        print(f"\nno `dvc exp run` retrains these trials exactly: {unexact}")
+        if args.queue_best:
+            raise StudyError(f"--queue-best: {unexact}")
+        return
     print("\nretrain the best trial through the pipeline (checkpoint, test metrics, ONNX, dvc exp show):")
-    print("  " + shell(exp_command(study, best[0], cfg.epochs)))
+    print("  " + shell(exp_command(study, best[0])))
     if args.queue_best and not interrupted:
-        names = queue_best(study, args.queue_best, cfg.epochs)
+        names = queue_best(study, args.queue_best)
         print(f"queued {len(names)} experiment(s): {', '.join(names)}; run them with `dvc queue start`")
 
 
