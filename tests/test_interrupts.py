@@ -7,6 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from fmnist_seq import interrupts
+from fmnist_seq.errors import Interrupted
+
 # A launcher and one spawned job, as fmnist-tune starts its jobs. While the job imports its modules (here: until
 # the test says it has sent the signal), a Ctrl-C reaches the whole process group.
 SCRIPT = textwrap.dedent("""
@@ -62,3 +65,14 @@ def test_a_ctrl_c_while_a_job_imports_stops_it_without_a_traceback(tmp_path: Pat
     assert "Traceback" not in err, err
     assert out.strip() == "launcher stopped; job exit code 130", (out, err)
     assert not (tmp_path / "installed").exists()  # the held Ctrl-C was raised by install() itself
+
+
+def test_a_stop_exits_with_128_plus_its_signal_everywhere(own_stop_handling):
+    """Every entry point's code for a stop (stages, fmnist-tune and its jobs, fmnist-predict): what a shell reports
+    for a command that the signal ended, and read back from a job's exit code."""
+    assert interrupts.exit_code(Interrupted("SIGTERM")) == 143 and interrupts.exit_code(KeyboardInterrupt()) == 130
+    assert interrupts.exit_code() == 130  # no signal received: Python's own KeyboardInterrupt
+    interrupts.interrupted(signal.SIGTERM)
+    assert interrupts.exit_code() == 143
+    assert [interrupts.stop_of_exit_code(c) for c in (130, 143, 1, 0, -9, None)] == \
+        [signal.SIGINT, signal.SIGTERM, None, None, None, None]

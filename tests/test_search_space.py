@@ -10,7 +10,7 @@ import yaml
 from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, parse_yaml, read_params
 from fmnist_seq.errors import ParamsError
 from fmnist_seq.search_space import apply, build_tune, load_tune, sample
-from fmnist_seq.study import trial_block
+from fmnist_seq.study import trial_block, trial_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNE = read_params(ROOT / "params.yaml")["tune"]
@@ -88,10 +88,11 @@ def test_samples_respect_each_key_type_and_apply_to_a_copy_of_the_block():
         assert values["model.num_layers"] in (1, 2, 3) and isinstance(values["model.num_layers"], int)
         assert isinstance(values["model.bidirectional"], bool)
         assert min(abs(values["warmup"] - w) for w in (0.1, 0.2, 0.3)) < 1e-9
-        block = trial_block(base, values, cfg, trial.number)
+        block = trial_block(base, values, trial_settings(cfg, trial.number, "cpu"))
         built = build(TrainConfig, block, "train_gru")  # a valid block, as the training stage reads it
         assert built.model.num_layers == values["model.num_layers"] and built.lr == values["lr"]
-        assert (built.seed, built.epochs, built.workers) == (cfg.seed + trial.number, cfg.epochs, 1)
+        assert (built.seed, built.epochs, built.workers, built.device) == (cfg.seed + trial.number, cfg.epochs, 1,
+                                                                           "cpu")
         study.tell(trial, 0.5)
     assert base == before  # the base block is never modified
 

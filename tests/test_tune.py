@@ -185,7 +185,7 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, err
+    assert process.returncode == 128 + sig, err
     assert "interrupted: " in out and "| rank | trial | valid acc |" in out and "dvc exp run -n gru-trial-" in out
     assert (folder / "results/tune/gru/summary.md").is_file()
     # fmnist-tune waits for its jobs before it ends; multiprocessing's resource tracker ends after it
@@ -239,6 +239,13 @@ STAND_IN = textwrap.dedent("""
         how = os.environ["TRIAL"]
         if how == "out-of-memory":  # what torch's CPU allocator raises
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+        if how == "bug":
+            raise ValueError("a bug in the training")
+        if how == "deaf":  # stuck where no stop reaches it (a hung CUDA call, a lock): says so, then waits for good
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            open(f"stuck-{os.getpid()}", "w").close()
+            while True:
+                time.sleep(1)
         os.kill(os.getpid(), signal.SIGKILL if how == "killed" else signal.SIGTERM)  # `kill` of this job alone
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the stop must reach this loop
@@ -246,15 +253,17 @@ STAND_IN = textwrap.dedent("""
         raise TrainingError("the stop was lost")
 
     study.fit = fit
+    tune_cli.STOP_TIMEOUT_S = float(os.environ.get("STOP_TIMEOUT_S", tune_cli.STOP_TIMEOUT_S))
     if __name__ == "__main__":
         tune_cli.main()
 """)
 
 
-@pytest.mark.parametrize("how", ["out-of-memory", "stopped", "killed"])
+@pytest.mark.parametrize("how", ["out-of-memory", "stopped", "killed", "bug"])
 def test_what_becomes_of_a_job_its_search_reports(prepared, tmp_path, how):
     """A trial out of memory is a failed trial; a job stopped by itself stops the search; a job killed outright
-    is an error. Each time: the report is written, every trial is closed, and no traceback."""
+    is an error; a bug is its traceback and an error, as with --jobs 1 (test_tune_cli.py). Each time: the report is
+    written, every trial is closed, and no traceback but the bug's."""
     folder = tune_project(tmp_path / "proj")
     (folder / "tune.py").write_text(STAND_IN)
     result = run([sys.executable, "tune.py", "--model", "gru", "--data", str(prepared), "--trials", "3", "--jobs", "2"],
@@ -262,18 +271,59 @@ def test_what_becomes_of_a_job_its_search_reports(prepared, tmp_path, how):
     trials = optuna.load_study(study_name="gru", storage=journal(folder)).trials
     assert (folder / "results/tune/gru/summary.md").is_file()
     assert trials and all(t.state == TrialState.FAIL for t in trials), [t.state for t in trials]
-    assert "Traceback" not in result.stderr
-    if how == "out-of-memory":
+    assert ("Traceback" in result.stderr) == (how == "bug"), result.stderr
+    if how == "bug":
+        assert result.returncode == 1 and "ValueError: a bug in the training" in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            "fmnist-tune: error: job-1 stopped with an error (above); job-2 stopped with an error (above); the study "
+            "keeps every finished trial and the report is written")
+    elif how == "out-of-memory":
         assert result.returncode == 0 and result.stderr == "", result.stderr
         assert len(trials) == 3 and all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
     elif how == "stopped":
-        assert result.returncode == 130 and result.stderr == "", result.stderr
+        assert result.returncode == 128 + signal.SIGTERM and result.stderr == "", result.stderr  # the job's stop
         assert "interrupted: " in result.stdout
     else:
         assert result.returncode == 1
         assert result.stderr.strip() == ("fmnist-tune: error: job-1 was killed by SIGKILL (out of memory?); job-2 "
                                          "was killed by SIGKILL (out of memory?); the study keeps every finished "
                                          "trial and the report is written")
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["bounded-wait", "ctrl-c-again"])
+def test_a_job_that_ignores_its_stop_is_killed_and_its_trial_named(prepared, tmp_path, again):
+    """Ctrl-C while both jobs are stuck where no signal reaches them: fmnist-tune waits STOP_TIMEOUT_S (or until a
+    second Ctrl-C), kills them, names each lost trial, closes it and writes the report; before, it waited for
+    good. Set to 600 s, past this test's own limit, only the second Ctrl-C can end the wait."""
+    folder = tune_project(tmp_path / "proj")
+    (folder / "tune.py").write_text(STAND_IN)
+    process = subprocess.Popen([sys.executable, "tune.py", "--model", "gru", "--data", str(prepared), "--trials", "2",
+                                "--jobs", "2"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                               env={**os.environ, "TRIAL": "deaf", "STOP_TIMEOUT_S": "600" if again else "1"})
+    try:
+        while len(list(folder.glob("stuck-*"))) < 2:  # both jobs are inside their trial, deaf to any stop
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
+        if again:
+            while not (line := process.stdout.readline()).startswith("stopping: waiting up to 600 s"):
+                assert line, process.communicate()
+            os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, err
+    trials = optuna.load_study(study_name="gru", storage=journal(folder)).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    when = "at the second stop" if again else "within 1 s"
+    named = sorted(line.split("; its trial ")[1] for line in err.strip().splitlines())
+    assert named == ["0 is lost (closed as failed)", "1 is lost (closed as failed)"], err
+    assert all(line.startswith("fmnist-tune: job-") and f" did not stop {when}: killed; " in line
+               for line in err.strip().splitlines()), err
+    assert "interrupted: 2 trials: 0 finished, 0 pruned (0%), 2 failed" in out
+    assert (folder / "results/tune/gru/summary.md").is_file()
 
 
 # --- PostgreSQL: one study shared by processes that could be on different machines ---------------------

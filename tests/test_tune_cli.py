@@ -1,6 +1,8 @@
 """fmnist-tune's command line, in process: every mistake stops before any trial with one line naming it."""
 
+import dataclasses
 import multiprocessing
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,10 +21,11 @@ from optuna.trial import TrialState
 from conftest import FAST_PARAMS, ROOT, deep_update, prepare_synthetic, train_project
 from fmnist_seq import distributed, interrupts, study, tune_cli
 from fmnist_seq.checkpoint import save_checkpoint
-from fmnist_seq.config import ModelConfig
+from fmnist_seq.config import PER_RUN, PLACEMENT, RECIPE, ModelConfig, TrainConfig, build, keys_with_role
 from fmnist_seq.models import build_model
 from fmnist_seq.errors import TrainingError
-from fmnist_seq.search_space import load_tune, sample
+from fmnist_seq.search_space import apply, load_tune, sample
+from fmnist_seq.snapshot import RunKey
 from fmnist_seq.study import fail_stale_trials, open_storage, open_study, run_trials, sampler_seed
 from fmnist_seq.tune_report import exp_args, tidy, yaml_value
 
@@ -105,23 +108,70 @@ def test_a_continued_study_must_search_the_same_block_on_the_same_data(folder, p
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     err = fails(capsys, "--model", "gru", "--data", str(prepared), "--trials", "1")
     assert "study 'gru' was started from another train_gru block (lr: 0.01 -> 0.02)" in err
+    # Another budget: the study's trials trained 1 epoch at most, a new one would train 2 (and be pruned otherwise)
+    params["train_gru"]["lr"] = 0.01
+    params["tune"]["epochs"] = 2
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    err = fails(capsys, "--model", "gru", "--data", str(prepared), "--trials", "0")
+    assert "study 'gru' trains each trial up to 1 epochs, and tune.epochs is now 2" in err
 
 
 def test_the_command_sets_every_value_the_trial_used():
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("model", "gru")
-    study.set_user_attr("base_block", {"epochs": 10, "workers": "auto"})
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
                        "model.bidirectional": optuna.distributions.CategoricalDistribution([False, True])})
-    trial.set_user_attr("seed", 2031)
+    trial.set_user_attr("settings", {"epochs": 6, "seed": 2031, "workers": 1, "device": "cpu"})
     study.tell(trial, 0.9)
-    args = exp_args(study, study.trials[0], epochs=6)
+    args = exp_args(study, study.trials[0])
     settings = dict(a.split("=", 1) for a in args[1::2])
     assert float(settings["train_gru.lr"]) == study.trials[0].params["lr"]  # the exact float, by repr
     assert settings["train_gru.model.bidirectional"] in ("true", "false")
-    assert (settings["train_gru.seed"], settings["train_gru.epochs"], settings["train_gru.workers"]) == \
-        ("2031", "6", "1")
+    assert [settings[f"train_gru.{key}"] for key in ("epochs", "seed", "workers", "device")] == ["6", "2031", "1", "cpu"]
     assert [yaml_value(v) for v in (True, 1e-05, 128, "max_steps")] == ["true", "1e-05", "128", "max_steps"]
+
+
+def test_a_trial_sets_every_key_config_declares_per_run_or_placement_and_the_run_key_holds_them():
+    """One declaration (config.py's roles) decides what a trial sets itself, what its command sets and what the
+    training stage's run key holds resolved: a key added there cannot be left out of one of them."""
+    cfg = load_tune(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert set(study.trial_settings(cfg, 3, "cpu")) == set(keys_with_role(TrainConfig, PER_RUN, PLACEMENT))
+    resolved = {f.name for f in dataclasses.fields(RunKey)}
+    assert set(keys_with_role(TrainConfig, PLACEMENT)) <= resolved  # device, workers: as they resolved
+    assert set(keys_with_role(TrainConfig, PER_RUN)) <= set(keys_with_role(TrainConfig, RECIPE, PER_RUN))  # in params
+
+
+def test_the_printed_command_trains_what_the_trial_trained(folder, prepared, capsys, monkeypatch):
+    """The command set tune.epochs and workers only where the study's first block differed, so a block edited
+    since (epochs, workers: neither is the study's identity) retrained another model. Now it sets every key the
+    trial set itself, as the trial recorded it: applied to today's block, it builds the trial's own config."""
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params, {"tune": {"epochs": 1}, "train_gru": {"epochs": 1, "workers": 1}})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    trained = []
+    real_fit = study.fit
+
+    def spy(job, **kwargs):
+        trained.append(job.cfg)
+        return real_fit(job, **kwargs)
+    monkeypatch.setattr(study, "fit", spy)
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "1"])
+    assert exited.value.code == 0
+    capsys.readouterr()
+    deep_update(params, {"train_gru": {"epochs": 3, "workers": 2}})  # edited after the search
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "0"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("dvc exp run -n"))
+    assert command in (folder / "results/tune/gru/summary.md").read_text()
+    block = params["train_gru"]
+    for setting in shlex.split(command)[6::2]:  # each -S block.key=value, its value read as DVC reads YAML
+        key, value = setting.split("=", 1)
+        block = apply(block, {key.removeprefix("train_gru."): yaml.safe_load(value)})
+    assert build(TrainConfig, block, "train_gru") == trained[0]  # every key, recipe and settings
 
 
 def test_jobs_draw_trials_from_one_pool_so_a_fast_job_takes_the_slack():
@@ -175,7 +225,7 @@ def test_the_per_epoch_picture_drops_a_legend_too_long_to_fit(trials, legend):
 
 
 @pytest.mark.parametrize("stopped", [True, False], ids=["after-a-stop", "no-stop"])
-def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(folder, prepared, monkeypatch, stopped):
+def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(folder, prepared, capsys, monkeypatch, stopped):
     """Ctrl-C in Optuna's journal-file lock release came out as FileNotFoundError (fresh-clone CI): after a stop
     that is exit 130 without a traceback; without one, the error still surfaces."""
     def trial_in_the_lock(*_args, **_kwargs):
@@ -189,9 +239,10 @@ def test_an_error_out_of_the_storage_after_a_stop_is_the_stop(folder, prepared, 
         with pytest.raises(SystemExit) as stop:
             tune_cli._job(0, search, multiprocessing.Semaphore(2))
         assert stop.value.code == 130
-    else:
-        with pytest.raises(FileNotFoundError):
+    else:  # the job's traceback, and its exit code for fmnist-tune's report
+        with pytest.raises(SystemExit) as error:
             tune_cli._job(0, search, multiprocessing.Semaphore(2))
+        assert error.value.code == 1 and "FileNotFoundError: journal.log.lock" in capsys.readouterr().err
 
 
 # --- stops: Ctrl-C (SIGINT), `kill` (SIGTERM), and either one landing in a destructor -----------------------
@@ -239,14 +290,15 @@ def test_a_stopped_search_in_one_process_closes_its_trial_and_writes_the_report(
     with pytest.raises(SystemExit) as exited:
         tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
     out, err = capsys.readouterr()
-    assert exited.value.code == 130, err
+    assert exited.value.code == 128 + sig, err  # as the stages exit: 130 for Ctrl-C, 143 for SIGTERM
     assert err == "" and "interrupted: 1 trials: 0 finished, 0 pruned (0%), 1 failed" in out, out + err
     assert (folder / "results/tune/gru/summary.md").is_file()
     assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]  # and no second trial
 
 
 @STOPS
-def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, monkeypatch, sig, where):
+def test_a_stopped_job_closes_its_trial_and_exits_128_plus_the_signal(folder, prepared, capsys, monkeypatch, sig,
+                                                                     where):
     """One of fmnist-tune --jobs N's trial processes (run here in this process: the code a spawned job runs)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(study, "fit", stopping_fit(sig, where))
@@ -254,7 +306,7 @@ def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, 
     with pytest.raises(SystemExit) as exited:
         tune_cli._job(0, search, multiprocessing.Semaphore(2))
     err = capsys.readouterr().err
-    assert exited.value.code == 130, err
+    assert exited.value.code == 128 + sig, err
     assert err == ""
     assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]
 
@@ -263,6 +315,9 @@ def test_a_stopped_job_closes_its_trial_and_exits_130(folder, prepared, capsys, 
 
 def test_an_unwritable_storage_or_report_folder_is_one_line(folder, prepared, capsys, monkeypatch):
     data = ["--model", "gru", "--data", str(prepared)]
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    deep_update(params["tune"], {"epochs": 1})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
     (folder / "a-file").write_text("")  # a folder cannot be made below it, whoever runs the test (root too)
     err = fails(capsys, *data, "--storage", str(folder / "a-file" / "journal.log"))
     assert f"cannot open the journal file {folder}/a-file/journal.log" in err and "give --storage" in err
@@ -270,9 +325,6 @@ def test_an_unwritable_storage_or_report_folder_is_one_line(folder, prepared, ca
     assert f"cannot write the report to {folder}/a-file/tune/gru" in err  # before any trial
 
     # A folder that stops being writable during the search: the report's error, the study's trials kept
-    params = yaml.safe_load((folder / "params.yaml").read_text())
-    deep_update(params["tune"], {"epochs": 1})
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
     def no_space(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(tune_cli, "write_results", no_space)
@@ -295,6 +347,23 @@ def test_a_trial_out_of_memory_fails_and_the_search_goes_on(folder, prepared, ca
     trials = journal_study(folder).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 2
     assert all(t.user_attrs["error"].startswith("out of memory: ") for t in trials)
+
+
+def test_an_unexpected_error_ends_a_search_in_one_process_as_it_ends_a_job(folder, prepared, capsys, monkeypatch):
+    """A bug or a CUDA error in a trial of --jobs 1 escaped as a bare traceback, without the report; a job of
+    --jobs N prints its traceback and fmnist-tune reports (tests/test_tune.py, "bug"). Now both do the same."""
+    def bug(*_args, **_kwargs):
+        raise ValueError("a bug in the training")
+    monkeypatch.setattr(study, "fit", bug)
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(["--model", "gru", "--data", str(prepared), "--trials", "2"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 1, err
+    assert "Traceback" in err and "ValueError: a bug in the training" in err
+    assert err.strip().splitlines()[-1] == ("fmnist-tune: error: the search stopped with an error (above); the study "
+                                            "keeps every finished trial and the report is written")
+    assert "1 trials: 0 finished, 0 pruned (0%), 1 failed" in out and (folder / "results/tune/gru/summary.md").is_file()
+    assert [t.state for t in journal_study(folder).trials] == [TrialState.FAIL]  # and no second trial
 
 
 def test_a_database_storage_prints_no_warning_of_optuna(tmp_path):
@@ -380,3 +449,24 @@ def test_a_distilling_block_is_searched_with_its_teacher(folder, prepared, capsy
     assert len(taught) == 1 and taught[0] is not None and taught[0].cfg == teacher_cfg
     trials = optuna.load_study(study_name="lstm", storage=open_storage(str(folder / ".optuna" / "journal.log"))).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE]
+    assert "dvc exp run -n lstm-trial-0" in out  # the pipeline's train_lstm learns from this teacher too
+
+    # Another teacher: `dvc exp run` would train with models/teacher.pt, so no command is printed or queued
+    save_checkpoint(folder / "other.pt", build_model(teacher_cfg, 0.5, 2.0), {}, 1, {}, [])
+    other = [*lstm, "--teacher", "other.pt", "--study", "lstm-other"]
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main(other)
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, err
+    assert "dvc exp run" not in out.replace("no `dvc exp run` retrains", "")
+    assert ("no `dvc exp run` retrains these trials exactly: they learned from other.pt, and the pipeline's "
+            "train_lstm learns from models/teacher.pt (dvc.yaml), another checkpoint") in out
+    assert "No `dvc exp run` retrains" in (folder / "results/tune/lstm-other/summary.md").read_text()
+    assert "--queue-best: they learned from other.pt" in fails(
+        capsys, "--model", "lstm", "--data", str(prepared), "--trials", "0", "--teacher", "other.pt", "--study",
+        "lstm-other", "--queue-best", "1")
+    # The same bytes under another name: the same teacher, the command is exact
+    (folder / "same.pt").write_bytes((folder / "models" / "teacher.pt").read_bytes())
+    with pytest.raises(SystemExit) as exited:
+        tune_cli.main([*lstm[:-1], "0", "--teacher", "same.pt"])
+    assert exited.value.code == 0 and "dvc exp run -n lstm-trial-0" in capsys.readouterr().out

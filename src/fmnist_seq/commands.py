@@ -21,7 +21,7 @@ def run(name: str, module: str) -> None:
     interrupts.install()  # main() installs them again, to the same effect
     try:
         main = importlib.import_module(module).main
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"{name}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupts.exit_code(exc))
     main()

@@ -7,7 +7,9 @@ noted, not raised: it would cut the clean-up short. A stop raised inside a destr
 prints it and goes on), so it is delivered again a moment later, until it lands. A SIGINT that the process
 inherited ignored (nohup, a shell's background job) stays ignored, as in every program started that way. A
 process started inside held() gets its stops only once it has called install(): a Ctrl-C that reaches it while it
-still imports torch would otherwise end it with Python's own traceback.
+still imports torch would otherwise end it with Python's own traceback. A stopped entry point exits with
+128 + the signal's number (exit_code), as a shell reports a command that the signal ended: 130 for Ctrl-C, 143
+for SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class _Stop:
     signum: int | None = None  # the first stop signal received
     lost: bool = False  # its Interrupted died in a destructor: the next delivery raises it again
     deferred: bool = False  # inside deferred(): noted, not raised
+    again: bool = False  # another stop signal came after the first (a second Ctrl-C): a waiting clean-up may cut short
     # Exceptions that other libraries' handlers raise for a signal (type, how to read its signal number)
     foreign: list[tuple[type[BaseException], Callable[[Any], int]]] = field(default_factory=list)
 
@@ -87,6 +90,26 @@ def signal_number(exc: KeyboardInterrupt) -> int:
     return signal.Signals[exc.signal_name].value if isinstance(exc, Interrupted) else signal.SIGINT.value
 
 
+def stopped_again() -> bool:
+    """Whether another stop signal came after the first one: the user insists (a second Ctrl-C)."""
+    return _stop.again
+
+
+def exit_code(exc: KeyboardInterrupt | None = None) -> int:
+    """The exit code of an entry point that a stop ended: 128 + the signal's number (130 for SIGINT, 143 for
+    SIGTERM). The signal is the one `exc` names, else this process's stop, else SIGINT."""
+    if exc is not None:
+        return 128 + signal_number(exc)
+    return 128 + int(_stop.signum if _stop.signum is not None else signal.SIGINT)
+
+
+def stop_of_exit_code(code: int | None) -> int | None:
+    """The stop signal that a child entry point's exit code reports (exit_code's inverse), or None."""
+    if code is not None and code > 128 and code - 128 in _STOPS:
+        return code - 128
+    return None
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """A stop during this block (a report being written) is noted, not raised; requested() says so after."""
@@ -114,7 +137,8 @@ def handled_elsewhere(stop: type[BaseException], signum_of: Callable[[Any], int]
 
 def _on_signal(signum: int, _frame: object) -> None:
     if _stop.signum is not None and not _stop.lost:
-        return  # a second signal: the first one's clean-up is under way
+        _stop.again = True  # a second signal: the first one's clean-up is under way; who waits on it may cut it short
+        return
     if _stop.signum is None:
         _stop.signum = signum
     if _stop.deferred:

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import UnidentifiedImageError
 
+from fmnist_seq import interrupts
 from fmnist_seq.errors import InferenceError
 from fmnist_seq.images import MAX_PIXELS, MAX_SIDE, ImageRefused, to_pixels
 from fmnist_seq.runtime import check_classifier, class_names, open_session, probabilities_of, select_providers
@@ -129,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         cli.error("--top-k must be at least 1")
     try:
         return _predict(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("fmnist-predict: interrupted", file=sys.stderr)
-        return 130
+        return interrupts.exit_code(exc)
     except BrokenPipeError:  # the reader stopped reading (`| head`): nothing more to say, and no traceback
         try:  # Python would report the pipe again when it flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

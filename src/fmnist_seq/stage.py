@@ -26,7 +26,7 @@ def run_stage(name: str, main: Callable[[], None], outputs: Iterable[str | Path]
     """Run `main`; on any failure remove `outputs` so no later run mistakes them for good ones.
 
     SIGTERM (a scheduler, `kill`, `dvc queue kill`) is handled like Ctrl-C (see interrupts.py): the outputs
-    are removed and the stage exits with 128 + the signal's number. `on_interrupt` adds what was kept to that
+    are removed and the stage exits with 128 + the signal's number (interrupts.exit_code). `on_interrupt` adds what was kept to that
     one line; `quiet_interrupt` says nothing (a training worker, whose launcher speaks for it).
     """
     outputs = list(outputs)
@@ -44,7 +44,7 @@ def run_stage(name: str, main: Callable[[], None], outputs: Iterable[str | Path]
             kept = f"; {on_interrupt()}" if on_interrupt is not None else ""
             print(f"{name}: interrupted by {signal.Signals(signum).name}{kept}; its outputs were removed",
                   file=sys.stderr)
-        sys.exit(128 + signum)
+        sys.exit(interrupts.exit_code(exc))
     except Exception:
         remove_outputs(outputs)
         traceback.print_exc()

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_seq import interrupts
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import TrainConfig, build, changed_keys
+from fmnist_seq.config import PER_RUN, PLACEMENT, TrainConfig, build, changed_keys, keys_with_role
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
@@ -37,9 +37,14 @@ from fmnist_seq.models import Classifier
 from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.training import EpochRecord, TrainingJob, fit
 
-# What a study remembers of how it was started; a later run against other data or another base block would
-# mix trials that are not comparable, so it is refused.
-ATTR_MODEL, ATTR_BASE, ATTR_DATA = "model", "base_block", "data_sha256"
+# What a study remembers of how it was started; a later run against other data, another base block or another
+# epoch budget would mix trials that are not comparable, so it is refused.
+ATTR_MODEL, ATTR_BASE, ATTR_DATA, ATTR_EPOCHS = "model", "base_block", "data_sha256", "epochs_per_trial"
+# What each trial records of the keys it set itself (trial_settings): its `dvc exp run` command sets the same.
+ATTR_SETTINGS = "settings"
+# The training keys a trial sets itself rather than take from the block: those config.py declares PER_RUN or
+# PLACEMENT. A key declared there later gets no value in trial_settings, and every trial fails at once.
+TRIAL_SET = tuple(keys_with_role(TrainConfig, PER_RUN, PLACEMENT))
 
 
 class StudyError(PipelineError):
@@ -186,12 +191,17 @@ def load_prepared(folder: Path, teacher: Path | None = None) -> Prepared:
                     digest.hexdigest(), load_checkpoint(teacher).model if teacher else None)
 
 
-def trial_block(base: Mapping[str, Any], values: Mapping[str, Any], cfg: TuneConfig, number: int) -> dict[str, Any]:
-    """The training block of trial `number`: the base block, the sampled values, the trial's epochs and seed,
-    and one worker (parallelism comes from parallel trials)."""
-    block = apply(base, values)
-    block.update(epochs=cfg.epochs, seed=cfg.seed + number, workers=1)
-    return block
+def trial_settings(cfg: TuneConfig, number: int, device: str) -> dict[str, Any]:
+    """The keys that trial `number` sets itself (TRIAL_SET): its epochs (tune.epochs, the study's budget), its
+    seed (tune.seed + its number), one worker (parallelism comes from parallel trials) and the device its
+    process resolved (`auto` on a GPU machine is not `auto` on a CPU one)."""
+    value = {"epochs": cfg.epochs, "seed": cfg.seed + number, "workers": 1, "device": device}
+    return {key: value[key] for key in TRIAL_SET}
+
+
+def trial_block(base: Mapping[str, Any], values: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The training block of a trial: the base block with its sampled values and its own settings set."""
+    return apply(apply(base, values), settings)
 
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig, model: str,
@@ -209,6 +219,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
         study.set_user_attr(ATTR_MODEL, model)
         study.set_user_attr(ATTR_BASE, json.loads(json.dumps(base)))
         study.set_user_attr(ATTR_DATA, data_sha256)
+        study.set_user_attr(ATTR_EPOCHS, cfg.epochs)
         return study
     if attrs.get(ATTR_MODEL) != model:
         raise StudyError(f"study {name!r} searches train_{attrs.get(ATTR_MODEL)}, not train_{model}: "
@@ -217,11 +228,17 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
         raise StudyError(f"study {name!r} was run on other prepared data or another teacher (the seed or "
                          "valid_ratio changed, or the teacher was retrained?); its trials are not comparable with "
                          "new ones: name another study with --study")
-    # Only the recipe makes trials comparable: each trial sets its own epochs, seed and workers.
+    # The recipe, and the budget that every trial gets: the rest each trial sets itself (trial_settings).
     changed = changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)), SEARCHABLE)
     if changed:
         raise StudyError(f"study {name!r} was started from another train_{model} block ({'; '.join(changed[:3])}): "
                          "its trials are not comparable with new ones: name another study with --study")
+    if ATTR_EPOCHS not in attrs:  # a study begun before the budget was recorded: it is this run's from now on
+        study.set_user_attr(ATTR_EPOCHS, cfg.epochs)
+    elif attrs[ATTR_EPOCHS] != cfg.epochs:
+        raise StudyError(f"study {name!r} trains each trial up to {attrs[ATTR_EPOCHS]} epochs, and tune.epochs is "
+                         f"now {cfg.epochs}: its trials are not comparable with new ones (nor pruned alike): set "
+                         f"tune.epochs back to {attrs[ATTR_EPOCHS]}, or name another study with --study")
     return study
 
 
@@ -245,6 +262,16 @@ def process_ended(pid: int, started: float | None) -> bool:
 def stale_trial_attr(number: int) -> str:
     """The study attribute that says why trial `number` was closed by another process than its own."""
     return f"trial {number} error"
+
+
+def running_trials(study: optuna.Study, pids: list[int]) -> dict[int, list[int]]:
+    """The numbers of the trials still running in each of these processes of this machine, by pid."""
+    host, found = socket.gethostname(), {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = trial.user_attrs.get("pid")
+        if trial.user_attrs.get("host") == host and pid in pids:
+            found.setdefault(pid, []).append(trial.number)
+    return found
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
@@ -273,14 +300,17 @@ class Objective:
     def __init__(self, model: str, space: Space, base: Mapping[str, Any], cfg: TuneConfig, data: Prepared,
                  say: Callable[[str], None] = print):
         self.model, self.space, self.base, self.cfg, self.data, self.say = model, space, base, cfg, data, say
+        self.device = resolve_device(build(TrainConfig, base, f"train_{model}").device).type
 
     def __call__(self, trial: optuna.Trial) -> float:
         for key, value in owner().items():  # which process owns it (fail_stale_trials)
             trial.set_user_attr(key, value)
         trial.set_user_attr("sampler_seed", sampler_seed(self.cfg, trial.number))  # what drew its values
         values = sample(trial, self.space)
-        block = trial_block(self.base, values, self.cfg, trial.number)
-        trial.set_user_attr("seed", block["seed"])  # what trained it
+        settings = trial_settings(self.cfg, trial.number, self.device)
+        trial.set_user_attr(ATTR_SETTINGS, settings)  # what trained it, with its values: its command sets both
+        trial.set_user_attr("seed", settings["seed"])  # for trials.csv
+        block = trial_block(self.base, values, settings)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         try:
             train_cfg = build(TrainConfig, block, f"train_{self.model}")
@@ -302,7 +332,7 @@ class Objective:
                 raise optuna.TrialPruned(f"valid accuracy {record.valid_accuracy:.4f} after epoch {record.epoch}")
 
         try:
-            job = TrainingJob(train_cfg, self.data.train, self.data.valid, self.data.norm, block["seed"],
+            job = TrainingJob(train_cfg, self.data.train, self.data.valid, self.data.norm, settings["seed"],
                               Worker(device=resolve_device(train_cfg.device)), self.data.teacher)
             result = fit(job, on_epoch=on_epoch, log=lambda _: None)
         except optuna.TrialPruned as exc:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +28,20 @@ import optuna
 
 from fmnist_seq import interrupts
 from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
+from fmnist_seq.distributed import resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
 from fmnist_seq.search_space import TuneConfig, build_tune
+from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
-                              open_storage, open_study, run_trials, set_threads)
+                              open_storage, open_study, run_trials, running_trials, set_threads)
 from fmnist_seq.tune_report import (exp_command, finished, pruning, queue_best, shell, table, write_results)
 
 NAME = "fmnist-tune"
 DEFAULT_TEACHER = Path("models/teacher.pt")  # train_teacher's output (dvc.yaml), which train_lstm distills from
+# After a stop, how long a job may take to close its trial (one Optuna write, then the process ends: a second or
+# two) before it is killed and its trial lost
+STOP_TIMEOUT_S = 10.0
 
 
 def parse_jobs(text: str) -> int:
@@ -132,10 +139,13 @@ def _job(job: int, search: Search, tickets) -> None:
         study = search.open(data)
         run_trials(study, search.objective(data, f"[job {job + 1}/{search.jobs}] "),
                    take=lambda: tickets.acquire(block=False))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(interrupts.exit_code(exc))
     except PipelineError as exc:
         print(f"{NAME}: job {job + 1}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except Exception:  # a bug, a CUDA error: its traceback, then fmnist-tune reports (as with --jobs 1, run())
+        traceback.print_exc()
         sys.exit(1)
 
 
@@ -156,6 +166,7 @@ def plan(args: argparse.Namespace) -> tuple[Search, int]:
         raise ParamsError(f"params.yaml: missing block '{block}'")
     base = params[block]
     base_cfg = build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
+    resolve_device(base_cfg.device)  # device: cuda without a GPU stops here, not in every trial
     distills = base_cfg.distill.alpha > 0 or "distill.alpha" in space.params
     if args.teacher is not None and not distills:
         raise ParamsError(f"--teacher {args.teacher}: {block}.distill.alpha is 0 and tune.spaces.{space_name} does "
@@ -181,24 +192,40 @@ def run(args: argparse.Namespace) -> int:
     print(f"{NAME}: study {search.study_name!r} in {display_url(search.storage_url)}: {len(study.trials)} trials "
           f"so far; {trials} more over {search.jobs} job(s) with {max(1, search.cpus // search.jobs)} thread(s) "
           f"each, up to {search.cfg.epochs} epochs each, {search.cfg.pruner.name} pruning", flush=True)
-    interrupted, failed = False, []
+    stop: KeyboardInterrupt | None = None
+    failed: list[str] = []
     try:
         if trials and search.jobs == 1:
             set_threads(1, search.cpus)
-            run_trials(study, search.objective(data), trials=trials)
+            failed = _run_here(search, data, study, trials)
         elif trials:
-            failed = _run_jobs(search, trials)
-    except KeyboardInterrupt:
-        interrupted = True
+            failed = _run_jobs(search, trials, study)
+    except KeyboardInterrupt as exc:
+        stop = exc
     with interrupts.deferred():  # a stop now lets the report finish
         fail_stale_trials(study)  # a job killed outright (out of memory) left its trial running
-        report(args, search.cfg, study, interrupted or interrupts.requested())
+        report(args, search, study, stop is not None or interrupts.requested())
     if failed:
         raise StudyError(f"{'; '.join(failed)}; the study keeps every finished trial and the report is written")
-    return 130 if interrupted or interrupts.requested() else 0
+    return interrupts.exit_code(stop) if stop is not None or interrupts.requested() else 0
 
 
-def _run_jobs(search: Search, trials: int) -> list[str]:
+def _run_here(search: Search, data: Prepared, study: optuna.Study, trials: int) -> list[str]:
+    """The trials of --jobs 1, in this process; returns what went wrong, as _run_jobs does for its jobs: an error
+    that is not a failed trial (a bug, a CUDA error) ends the search the same way with one job or several, its
+    message or traceback first, then the report."""
+    try:
+        run_trials(study, search.objective(data), trials=trials)
+    except PipelineError as exc:
+        print(f"{NAME}: error: {exc}", file=sys.stderr, flush=True)
+        return ["the search stopped with an error (above)"]
+    except Exception:
+        traceback.print_exc()
+        return ["the search stopped with an error (above)"]
+    return []
+
+
+def _run_jobs(search: Search, trials: int, study: optuna.Study) -> list[str]:
     """Start one process per job and wait; returns what went wrong with each job that failed, raises
     Interrupted on a stop (of this process, or of a job by itself)."""
     context = multiprocessing.get_context("spawn")
@@ -217,20 +244,46 @@ def _run_jobs(search: Search, trials: int) -> list[str]:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        # A terminal's Ctrl-C reached the jobs too: give them a moment to close their trials; a signal to this
-        # process alone did not reach them: pass it on.
-        deadline = time.monotonic() + 5
-        for process in processes:
-            process.join(timeout=max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join()
+        _stop_jobs(processes, study)
         raise
-    if any(p.exitcode == 130 for p in processes):  # a job stopped by itself (`kill` of its pid): a stop
-        raise interrupts.interrupted()
+    for process in processes:  # a job stopped by itself (`kill` of its pid): a stop, with that job's signal
+        signum = interrupts.stop_of_exit_code(process.exitcode)
+        if signum is not None:
+            raise interrupts.interrupted(signum)
     return [f"{p.name} {_ended(p.exitcode)}" for p in processes if p.exitcode != 0]
+
+
+def _stop_jobs(processes: list, study: optuna.Study) -> None:
+    """Stop the jobs and wait, STOP_TIMEOUT_S at most or until another stop comes, for each to close its trial; a
+    job still running then is killed (a trial stuck in a CUDA call or a lock hears no signal), and the trial it
+    ran is named as lost: fmnist-tune closes it as failed before the report."""
+    # A terminal's Ctrl-C reached the jobs already, a `kill` of this process did not: SIGTERM to each. A job that
+    # is closing its trial notes the second signal and goes on (interrupts.py).
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.terminate()
+    if alive:
+        print(f"stopping: waiting up to {STOP_TIMEOUT_S:g} s for {len(alive)} job(s) to close their trials "
+              "(Ctrl-C again: stop them now)", flush=True)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while alive and not interrupts.stopped_again() and time.monotonic() < deadline:
+        # short waits: a second Ctrl-C only notes itself (interrupts.py), it interrupts no wait
+        multiprocessing.connection.wait([p.sentinel for p in alive], timeout=min(0.2, deadline - time.monotonic()))
+        alive = [p for p in alive if p.is_alive()]
+    stuck = [p for p in processes if p.is_alive()]
+    for process in stuck:
+        process.kill()
+    for process in stuck:
+        process.join()
+    if not stuck:
+        return
+    running = running_trials(study, [p.pid for p in stuck])
+    when = "at the second stop" if interrupts.stopped_again() else f"within {STOP_TIMEOUT_S:g} s"
+    for process in stuck:
+        numbers = running.get(process.pid, [])
+        lost = (f"its trial {', '.join(map(str, numbers))} is lost (closed as failed)" if numbers
+                else "it ran no trial")
+        print(f"{NAME}: {process.name} did not stop {when}: killed; {lost}", file=sys.stderr, flush=True)
 
 
 def _ended(code: int | None) -> str:
@@ -240,12 +293,24 @@ def _ended(code: int | None) -> str:
     return "stopped with an error (above)"
 
 
-def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, interrupted: bool) -> None:
-    folder = args.out / study.study_name
+def no_retrain(search: Search) -> str | None:
+    """Why no `dvc exp run` retrains the search's trials exactly, or None. The pipeline's train_lstm learns from
+    DEFAULT_TEACHER (dvc.yaml), so trials that learned from other bytes (--teacher) have no such command."""
+    if search.teacher is None or search.teacher.resolve() == DEFAULT_TEACHER.resolve():
+        return None
+    if DEFAULT_TEACHER.is_file() and file_sha256(DEFAULT_TEACHER) == file_sha256(search.teacher):
+        return None
+    return (f"they learned from {search.teacher}, and the pipeline's train_{search.model} learns from "
+            f"{DEFAULT_TEACHER} (dvc.yaml), " + ("another checkpoint" if DEFAULT_TEACHER.is_file() else "not there")
+            + "; each trial's values and seed are in trials.csv")
+
+
+def report(args: argparse.Namespace, search: Search, study: optuna.Study, interrupted: bool) -> None:
+    cfg, folder, unexact = search.cfg, args.out / study.study_name, no_retrain(search)
     print(("\ninterrupted: " if interrupted else "\n") + pruning(study, cfg.epochs).line(cfg.epochs))
     print(table(study, args.top))
     try:
-        skipped = write_results(study, folder, cfg.epochs, args.top)
+        skipped = write_results(study, folder, cfg.epochs, args.top, unexact)
     except OSError as exc:
         raise StudyError(f"cannot write the report to {folder}: {exc.strerror or exc}; the study keeps its trials: "
                          f"`{NAME} --model {study.user_attrs.get('model')} --trials 0 --out FOLDER` writes it "
@@ -255,10 +320,15 @@ def report(args: argparse.Namespace, cfg: TuneConfig, study: optuna.Study, inter
     best = finished(study)
     if not best:
         return
+    if unexact:
+        print(f"\nno `dvc exp run` retrains these trials exactly: {unexact}")
+        if args.queue_best:
+            raise StudyError(f"--queue-best: {unexact}")
+        return
     print("\nretrain the best trial through the pipeline (checkpoint, test metrics, ONNX, dvc exp show):")
-    print("  " + shell(exp_command(study, best[0], cfg.epochs)))
+    print("  " + shell(exp_command(study, best[0])))
     if args.queue_best and not interrupted:
-        names = queue_best(study, args.queue_best, cfg.epochs)
+        names = queue_best(study, args.queue_best)
         print(f"queued {len(names)} experiment(s): {', '.join(names)}; run them with `dvc queue start`")
 
 
@@ -270,9 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as exc:
         print(f"{NAME}: error: {exc}", file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"{NAME}: interrupted", file=sys.stderr)
-        code = 130
+        code = interrupts.exit_code(exc)
     sys.exit(code)
 
 

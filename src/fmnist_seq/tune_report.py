@@ -22,7 +22,7 @@ import optuna  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from fmnist_seq.atomic import write_text  # noqa: E402
-from fmnist_seq.study import ATTR_BASE, ATTR_MODEL, StudyError  # noqa: E402
+from fmnist_seq.study import ATTR_EPOCHS, ATTR_MODEL, ATTR_SETTINGS, StudyError  # noqa: E402
 
 
 def finished(study: optuna.Study) -> list[FrozenTrial]:
@@ -81,26 +81,27 @@ def experiment_name(study_name: str, trial: FrozenTrial) -> str:
     return f"{study_name}-trial-{trial.number}"
 
 
-def exp_args(study: optuna.Study, trial: FrozenTrial, epochs: int) -> list[str]:
-    """The -S arguments that make the pipeline's training stage run exactly this trial: its sampled values,
-    its seed, its epoch budget and one worker (as the trial trained) where the block says otherwise."""
-    model, base = study.user_attrs[ATTR_MODEL], study.user_attrs[ATTR_BASE]
-    block = f"train_{model}"
-    settings = dict(trial.params)
-    settings["seed"] = trial.user_attrs["seed"]
-    if base.get("epochs") != epochs:
-        settings["epochs"] = epochs
-    if base.get("workers") != 1:
-        settings["workers"] = 1
-    args = []
-    for key, value in settings.items():
-        args += ["-S", f"{block}.{key}={yaml_value(value)}"]
-    return args
+def settings_of(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """The keys the trial set itself (study.trial_settings), as it recorded them; for a trial of a study begun
+    before they were recorded: its seed, the study's budget and one worker, what such trials trained with."""
+    recorded = trial.user_attrs.get(ATTR_SETTINGS)
+    if recorded is not None:
+        return dict(recorded)
+    return {"epochs": study.user_attrs[ATTR_EPOCHS], "seed": trial.user_attrs["seed"], "workers": 1}
 
 
-def exp_command(study: optuna.Study, trial: FrozenTrial, epochs: int, queue: bool = False) -> list[str]:
+def exp_args(study: optuna.Study, trial: FrozenTrial) -> list[str]:
+    """The -S arguments that make the pipeline's training stage run exactly this trial: its sampled values and
+    every setting it recorded (epochs, seed, workers, device), each set even where today's block agrees, since
+    the block may change after the search."""
+    block = f"train_{study.user_attrs[ATTR_MODEL]}"
+    settings = {**trial.params, **settings_of(study, trial)}
+    return [arg for key, value in settings.items() for arg in ("-S", f"{block}.{key}={yaml_value(value)}")]
+
+
+def exp_command(study: optuna.Study, trial: FrozenTrial, queue: bool = False) -> list[str]:
     return ["dvc", "exp", "run", *(["--queue"] if queue else []), "-n", experiment_name(study.study_name, trial),
-            *exp_args(study, trial, epochs)]
+            *exp_args(study, trial)]
 
 
 def shell(command: list[str]) -> str:
@@ -196,25 +197,29 @@ def write_pictures(study: optuna.Study, folder: Path) -> dict[str, str]:
     return skipped
 
 
-def write_results(study: optuna.Study, folder: Path, epochs: int, top: int) -> dict[str, str]:
-    """results/tune/<study>/: trials.csv, summary.md (table, pruning, commands) and the pictures."""
+def write_results(study: optuna.Study, folder: Path, epochs: int, top: int,
+                  no_retrain: str | None = None) -> dict[str, str]:
+    """results/tune/<study>/: trials.csv, summary.md (table, pruning, commands) and the pictures; `no_retrain`
+    says why no command retrains a trial exactly, when none does."""
     skipped = write_pictures(study, folder)
     best = finished(study)[:top]
     lines = [f"# Study {study.study_name}: train_{study.user_attrs[ATTR_MODEL]}", "",
              pruning(study, epochs).line(epochs), "", table(study, top), ""]
-    if best:
+    if best and no_retrain:
+        lines += [f"No `dvc exp run` retrains these trials exactly: {no_retrain}.", ""]
+    elif best:
         lines += ["Retrain the best trial through the pipeline (checkpoint, test metrics, ONNX files, "
-                  "`dvc exp show`):", "", "```", shell(exp_command(study, best[0], epochs)), "```", ""]
+                  "`dvc exp show`):", "", "```", shell(exp_command(study, best[0])), "```", ""]
     write_text(folder / "summary.md", "\n".join(lines))
     write_text(folder / "trials.csv", trials_csv(study))
     return skipped
 
 
-def queue_best(study: optuna.Study, count: int, epochs: int, cwd: Path | None = None) -> list[str]:
+def queue_best(study: optuna.Study, count: int, cwd: Path | None = None) -> list[str]:
     """Queue the best `count` finished trials as DVC experiments (`dvc queue start` runs them)."""
     queued = []
     for trial in finished(study)[:count]:
-        command = exp_command(study, trial, epochs, queue=True)
+        command = exp_command(study, trial, queue=True)
         # The dvc and python3 of this environment, also when fmnist-tune is called as .venv/bin/fmnist-tune
         # from a shell without the venv: the queue's worker runs the stages' `python3` from PATH.
         env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
