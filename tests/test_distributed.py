@@ -16,12 +16,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import NORM, easy_split, prepare_synthetic, train_command, train_project as project, train_stage, workers_of
+from conftest import (NORM, easy_split, prepare_synthetic, train_command, train_project as project, train_stage,
+                      workers_of)
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import ModelConfig, TrainConfig, build
+from fmnist_seq.config import DistillConfig, ModelConfig, TrainConfig, build
 from fmnist_seq.data import load_normalization, load_split
 from fmnist_seq.distributed import Worker, join
-from fmnist_seq.models import build_model
+from fmnist_seq.models import Classifier, build_model
 from fmnist_seq.training import Step, TrainingJob, fit, validate
 
 pytestmark = pytest.mark.e2e
@@ -221,8 +222,8 @@ def _fit_as_rank(rank: int, port: int, job: TrainingJob, out: Path, check_teache
         Step.__call__ = checked
     with join("cpu") as worker:
         result = fit(dataclasses.replace(job, worker=worker), log=lambda _: None)
-    torch.save({"model": result.model.state_dict(), "selected": result.selected.valid_loss,
-                "history": [r.valid_loss for r in result.history], "shards": shards}, out / str(rank))
+    torch.save({"model": result.model.state_dict(), "selected": result.selected.valid_loss, "shards": shards},
+               out / str(rank))
 
 
 def fit_in_two_workers(job: TrainingJob, out: Path, check_teacher_shards: bool = False) -> list[dict]:
@@ -253,3 +254,25 @@ def test_two_workers_validate_a_batchnorm_model_as_rank_0_saves_it(tmp_path):
     model.load_state_dict(saved["model"])
     alone, _ = validate(model, VALID, Worker())  # rank 0's selected weights and statistics, in one process
     assert alone == pytest.approx(saved["selected"], rel=1e-6, abs=0)
+
+
+class PixelTeacher(Classifier):
+    """A teacher whose probabilities differ from image to image: a fixed random map of the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__(CNN, NORM.mean, NORM.std)
+        self.scores = torch.nn.Linear(28 * 28, 10)
+        torch.nn.init.normal_(self.scores.weight, std=0.2, generator=torch.Generator().manual_seed(0))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(x.flatten(1))
+
+
+def test_each_worker_distills_from_the_teachers_probabilities_of_its_own_images(tmp_path):
+    cfg = two_worker_cfg(ModelConfig(cell="gru", hidden_size=8), distill=DistillConfig(alpha=0.5, temperature=2.0))
+    ranks = fit_in_two_workers(TrainingJob(cfg, TRAIN, VALID, NORM, 0, teacher=PixelTeacher()), tmp_path,
+                               check_teacher_shards=True)
+    for saved in ranks:
+        steps = saved["shards"]
+        assert len(steps) == 3 * 7 and sum(n for n, _ in steps) == 3 * len(TRAIN) // 2  # every step of 3 epochs
+        assert max(diff for _, diff in steps) < 1e-6
