@@ -1,6 +1,6 @@
 """train_<model>: train one model on the prepared tensors, data-parallel over `workers` processes, and keep the
-epoch with the best validation loss; with --teacher, distill from that trained model too. An interrupted run
-resumes from its last finished epoch."""
+epoch with the best validation loss; with --teacher, distill from that trained model too (unless the block's
+distill.alpha is 0: then the teacher is not read). An interrupted run resumes from its last finished epoch."""
 
 import argparse
 import os
@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True, help="where the selected checkpoint goes")
     parser.add_argument("--live-dir", required=True, help="this model's own dvclive folder (metrics, plots)")
     parser.add_argument("--timings", required=True, help="JSON with the run's wall times and images/s")
-    parser.add_argument("--teacher", help="checkpoint of a trained model to distill from (the block's distill.alpha)")
+    parser.add_argument("--teacher",
+                        help="a trained model's checkpoint to distill from; read only if the block's distill.alpha > 0")
     args = parser.parse_args()
     files = StageFiles(args.model, Path(args.data), Path(args.checkpoint), Path(args.live_dir), Path(args.timings),
                        Path(args.teacher) if args.teacher else None)

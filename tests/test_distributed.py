@@ -1,7 +1,9 @@
 """Data-parallel training through the real stage script: reproducible, equivalent to one process, and failing
 cleanly (the rank named, no checkpoint, no process left behind) when a worker dies."""
 
+import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,11 +16,14 @@ import pytest
 import torch
 import yaml
 
-from conftest import prepare_synthetic, train_command, train_project as project, train_stage, workers_of
+from conftest import (NORM, easy_split, prepare_synthetic, train_command, train_project as project, train_stage,
+                      workers_of)
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import TrainConfig, build
+from fmnist_seq.config import DistillConfig, ModelConfig, TrainConfig, build
 from fmnist_seq.data import load_normalization, load_split
-from fmnist_seq.training import TrainingJob, fit
+from fmnist_seq.distributed import Worker, join
+from fmnist_seq.models import Classifier, build_model
+from fmnist_seq.training import Step, TrainingJob, fit, validate
 
 pytestmark = pytest.mark.e2e
 
@@ -198,3 +203,76 @@ def test_a_stop_of_the_launcher_stops_its_workers_in_one_line(tmp_path, sig, whe
     pids = [int(ready.read_text()) for ready in tmp_path.glob("ready-*")]
     assert len(pids) == 2 and not [pid for pid in pids if psutil.pid_exists(pid)
                                    and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+# --- fit() in two gloo workers on the CPU, each a process of its own (as torchrun would start them) -------------
+
+def _fit_as_rank(rank: int, port: int, job: TrainingJob, out: Path, check_teacher_shards: bool) -> None:
+    """One worker of `job`: joins the group as a launched worker does, trains, and saves what it saw in out/<rank>."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    shards = []
+    if check_teacher_shards:  # every step: the teacher's probabilities given with x are those of x itself
+        train_step = Step.__call__
+
+        def checked(step, x, y, weight=1.0, teacher=None):
+            own = torch.softmax(job.teacher(x).detach() / step.distill.temperature, dim=1)
+            shards.append((len(x), (teacher - own).abs().max().item()))
+            return train_step(step, x, y, weight, teacher)
+        Step.__call__ = checked
+    with join("cpu") as worker:
+        result = fit(dataclasses.replace(job, worker=worker), log=lambda _: None)
+    torch.save({"model": result.model.state_dict(), "selected": result.selected.valid_loss, "shards": shards},
+               out / str(rank))
+
+
+def fit_in_two_workers(job: TrainingJob, out: Path, check_teacher_shards: bool = False) -> list[dict]:
+    """What each of the two ranks saved, in rank order."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_fit_as_rank, (port, job, out, check_teacher_shards), nprocs=2)
+    return [torch.load(out / str(rank)) for rank in range(2)]
+
+
+CNN = ModelConfig(cell="cnn", hidden_size=4, num_layers=2, head="all_steps", head_hidden=16, dropout=0.1)
+TRAIN, VALID = easy_split(20, 0), easy_split(5, 1)
+
+
+def two_worker_cfg(model: ModelConfig, **overrides) -> TrainConfig:
+    return TrainConfig(model=model, lr=0.01, batch_size=32, epochs=3, patience=0, device="cpu", workers=2, **overrides)
+
+
+def test_two_workers_validate_a_batchnorm_model_as_rank_0_saves_it(tmp_path):
+    """Each rank's BatchNorm statistics move with its own shard; the epoch figures, and so the selected epoch, are
+    those of rank 0's model, the one the checkpoint keeps, on the whole validation split."""
+    cfg = two_worker_cfg(CNN)
+    saved, _ = fit_in_two_workers(TrainingJob(cfg, TRAIN, VALID, NORM, 0), tmp_path)
+    model = build_model(CNN, NORM.mean, NORM.std)
+    model.load_state_dict(saved["model"])
+    alone, _ = validate(model, VALID, Worker())  # rank 0's selected weights and statistics, in one process
+    assert alone == pytest.approx(saved["selected"], rel=1e-6, abs=0)
+
+
+class PixelTeacher(Classifier):
+    """A teacher whose probabilities differ from image to image: a fixed random map of the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__(CNN, NORM.mean, NORM.std)
+        self.scores = torch.nn.Linear(28 * 28, 10)
+        torch.nn.init.normal_(self.scores.weight, std=0.2, generator=torch.Generator().manual_seed(0))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(x.flatten(1))
+
+
+def test_each_worker_distills_from_the_teachers_probabilities_of_its_own_images(tmp_path):
+    cfg = two_worker_cfg(ModelConfig(cell="gru", hidden_size=8), distill=DistillConfig(alpha=0.5, temperature=2.0))
+    ranks = fit_in_two_workers(TrainingJob(cfg, TRAIN, VALID, NORM, 0, teacher=PixelTeacher()), tmp_path,
+                               check_teacher_shards=True)
+    for saved in ranks:
+        steps = saved["shards"]
+        assert len(steps) == 3 * 7 and sum(n for n, _ in steps) == 3 * len(TRAIN) // 2  # every step of 3 epochs
+        assert max(diff for _, diff in steps) < 1e-6

@@ -77,6 +77,22 @@ def test_experiments_from_two_machines_meet_in_one_exp_show(reproduced):
     dvc("checkout", "-q", cwd=project)
 
 
+def test_what_the_teacher_gives_is_one_experiment_away(reproduced):
+    """The ablation of docs/accuracy.md: the lstm without its teacher, by one `-S`, dvc.yaml's --teacher unchanged."""
+    project, _ = reproduced
+    result = dvc("exp", "run", "-n", "lstm-no-teacher", "-S", "train_lstm.distill.alpha=0", cwd=project)
+    assert ("train_lstm: distill.alpha is 0: training on the labels alone; the teacher models/teacher.pt (--teacher) "
+            "is not read") in result.stdout
+    assert "distilling from" not in result.stdout
+    assert {s for s in ("train_rnn", "train_gru", "train_teacher", "train_lstm", "evaluate", "export")
+            if f"Running stage '{s}'" in result.stdout} == {"train_lstm", "evaluate", "export"}
+    data = _experiments(project)["lstm-no-teacher"]["data"]
+    assert data["params"]["params.yaml"]["data"]["train_lstm"]["distill"]["alpha"] == 0
+    assert 0 <= data["metrics"]["results/evaluate/metrics.json"]["data"]["lstm"]["test_accuracy"] <= 1
+    run(["git", "checkout", "-q", "--", "."], cwd=project)  # leave the workspace at the baseline
+    dvc("checkout", "-q", cwd=project)
+
+
 def _queue_states(project) -> tuple[dict[str, str], bool]:
     """Each queued experiment's state, and whether a queue worker is alive."""
     output = dvc("queue", "status", cwd=project).stdout

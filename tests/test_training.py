@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import NORM, easy_split
 from fmnist_seq.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
@@ -10,7 +11,7 @@ from fmnist_seq.data import Normalization, Split
 from fmnist_seq.errors import CheckpointError, ParamsError, TrainingError
 from fmnist_seq.models import (Classifier, ConvClassifier, SequenceClassifier, count_parameters, forward_flops,
                                predict_logits)
-from fmnist_seq.training import EarlyStopping, TrainingJob, fit, global_batches, seed_everything
+from fmnist_seq.training import EarlyStopping, Step, TrainingJob, fit, global_batches, seed_everything
 
 
 RNN = ModelConfig(cell="rnn", hidden_size=16, num_layers=1, bidirectional=True, head="all_steps", head_hidden=32,
@@ -236,10 +237,74 @@ def test_distillation_learns_the_teachers_probabilities():
     result = fit(TrainingJob(distilled, TRAIN, VALID, NORM, 0, teacher=ConstantTeacher(3)), log=quiet)
     predicted = predict_logits(result.model, VALID.images, 50).argmax(1)
     assert (predicted == 3).float().mean() > 0.9
-    half = fit(TrainingJob(cfg(GRU, epochs=3, distill=DistillConfig(alpha=0.5)), TRAIN, VALID, NORM, 0,
-                           teacher=ConstantTeacher(3)), log=quiet)
-    plain = train(cfg(GRU, epochs=3))
-    assert [r.train_loss for r in half.history] != [r.train_loss for r in plain.history]
+
+
+class FixedLogits(nn.Module):
+    """A student whose logits are its parameters, whatever it sees: their gradient is the loss's."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def logit_gradient(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
+                   temperature: float) -> torch.Tensor:
+    """The gradient of one training step's loss on the student's logits, distilling from the teacher's logits."""
+    model = FixedLogits(student)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    step = Step(model, optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0),
+                nn.CrossEntropyLoss(), grad_clip=0.0, distill=DistillConfig(alpha=alpha, temperature=temperature))
+    step(torch.zeros(len(labels)), labels, teacher=torch.softmax(teacher / temperature, dim=1))
+    return model.logits.grad
+
+
+def test_the_teachers_term_is_scaled_by_t_squared_and_mixed_by_alpha():
+    """The soft term is T^2 * KL(teacher || student at T): its gradient on the logits is T (q - p) / batch, which
+    stays on the labels' scale at any temperature: about (student - teacher) / (classes * batch) when T is high
+    (Hinton et al., 2015). The labels' term and the teacher's weigh 1 - alpha and alpha."""
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(8, 10, generator=generator), torch.randn(8, 10, generator=generator)
+    student, teacher = student - student.mean(1, keepdim=True), teacher - teacher.mean(1, keepdim=True)
+    labels = torch.arange(8)
+    for t in (1.0, 4.0, 16.0):
+        soft = logit_gradient(student, teacher, labels, alpha=1.0, temperature=t)
+        exact = t * (torch.softmax(student / t, dim=1) - torch.softmax(teacher / t, dim=1)) / 8
+        assert torch.allclose(soft, exact, rtol=1e-4, atol=1e-6), t
+    high = logit_gradient(student, teacher, labels, alpha=1.0, temperature=16.0)
+    assert torch.allclose(high, (student - teacher) / (10 * 8), rtol=0.1, atol=2e-3)
+    hard = logit_gradient(student, teacher, labels, alpha=0.0, temperature=4.0)
+    assert torch.allclose(hard, (torch.softmax(student, dim=1) - nn.functional.one_hot(labels, 10)) / 8, atol=1e-7)
+    mixed = logit_gradient(student, teacher, labels, alpha=0.3, temperature=4.0)
+    soft = logit_gradient(student, teacher, labels, alpha=1.0, temperature=4.0)
+    assert torch.allclose(mixed, 0.7 * hard + 0.3 * soft, rtol=1e-4, atol=1e-6)
+
+
+class WatchedTeacher(Classifier):
+    """A teacher whose logits are some of the pixels; it remembers its mode and the images of each call."""
+
+    def __init__(self) -> None:
+        super().__init__(TEACHER, 0.0, 1.0)
+        self.calls: list[tuple[bool, torch.Tensor]] = []
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, pixels.clone()))
+        return super().forward(pixels)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 14, 4:14]
+
+
+def test_the_teacher_sees_each_training_image_once_unchanged_in_eval_mode():
+    """Its probabilities are computed once, before training, in eval mode (no dropout, a BatchNorm's running
+    statistics), on the train split as it is; a distilling block refuses augmentation (above)."""
+    teacher = WatchedTeacher()  # in training mode, as a module is made
+    fit(TrainingJob(cfg(GRU, epochs=2, distill=DistillConfig(alpha=0.5)), TRAIN, VALID, NORM, 0, teacher=teacher),
+        log=quiet)
+    assert teacher.calls and not any(training for training, _ in teacher.calls)
+    assert torch.equal(torch.cat([pixels for _, pixels in teacher.calls]), TRAIN.images)
 
 
 def test_distillation_without_a_teacher_says_how_to_give_one():

@@ -1,13 +1,14 @@
 """The training stage's run: it holds its snapshot while it lives, and the snapshot outlives every failure of the
 worker group; only the end of the whole group (launcher returned, outputs written) removes it."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from conftest import prepare_synthetic, train_project
 from fmnist_seq import training_stage
-from fmnist_seq.errors import TrainingError
+from fmnist_seq.errors import ParamsError, TrainingError
 from fmnist_seq.snapshot import DEFAULT_FOLDER, Snapshots, _lock
 from fmnist_seq.training_stage import StageFiles, run, train_worker
 
@@ -55,3 +56,18 @@ def test_the_snapshot_is_removed_only_when_the_whole_group_succeeded(tmp_path, p
     else:
         run(files, "stages/train.py", [], found)
         assert not (tmp_path / DEFAULT_FOLDER).exists()  # snapshot, lock file and folder gone
+
+
+def test_a_block_that_does_not_distill_reads_no_teacher(tmp_path, prepared, monkeypatch, capsys):
+    """What `dvc exp run -S train_lstm.distill.alpha=0` asks, dvc.yaml's --teacher unchanged: the stage trains on
+    the labels alone and says so, and neither it nor a launched worker opens the teacher (here there is none)."""
+    files = dataclasses.replace(stage_files(tmp_path, prepared, monkeypatch, workers=1),
+                                teacher=tmp_path / "no-such-teacher.pt")
+    run(files, "stages/train.py", [], [])
+    assert (f"train_gru: distill.alpha is 0: training on the labels alone; the teacher {files.teacher} (--teacher) "
+            "is not read") in capsys.readouterr().out
+    assert files.checkpoint.is_file() and not files.teacher.exists()
+    train_worker(files, group_owner=False)  # a worker reads the command line itself
+    distilling = stage_files(tmp_path, prepared, monkeypatch, workers=1, distill={"alpha": 0.5})
+    with pytest.raises(ParamsError, match="train_gru.distill.alpha = 0.5 needs a teacher: give the stage's command"):
+        run(distilling, "stages/train.py", [], [])

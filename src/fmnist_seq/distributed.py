@@ -242,6 +242,13 @@ def broadcast_flag(flag: bool, worker: Worker) -> bool:
     return bool(value.item())
 
 
+def broadcast_buffers(module: torch.nn.Module, worker: Worker) -> None:
+    """Rank 0's buffers (a BatchNorm's running statistics among them) in `module` on every rank, in place."""
+    if worker.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_object(obj: object, worker: Worker) -> object:
     """Rank 0's `obj` on every rank (pickled between this run's own processes, never read from a file)."""
     if not worker.distributed:

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from fmnist_seq.augment import augment
 from fmnist_seq.config import DistillConfig, TrainConfig
 from fmnist_seq.data import Normalization, Split
-from fmnist_seq.distributed import (Worker, all_gather_objects, all_reduce_sum, broadcast_flag, broadcast_object,
-                                    gather_chunks, shard)
+from fmnist_seq.distributed import (Worker, all_gather_objects, all_reduce_sum, broadcast_buffers, broadcast_flag,
+                                    broadcast_object, gather_chunks, shard)
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.models import Classifier, build_model, predict_logits
 from fmnist_seq.snapshot import Snapshots
@@ -174,8 +174,8 @@ def make_step(cfg: TrainConfig, model: Classifier, worker: Worker, steps_per_epo
     trained: nn.Module = model
     if worker.distributed:
         # The normalization buffers never change: synced once at the start, not before every forward. A CNN
-        # teacher's BatchNorm statistics do: rank 0's go to every rank before each forward, so that all ranks
-        # validate with the statistics the checkpoint keeps.
+        # teacher's BatchNorm statistics do: rank 0's go to every rank before each training forward (each rank's
+        # own shard then moves its copy; `validate` syncs them again).
         running_stats = any(name.endswith("running_mean") for name, _ in model.named_buffers())
         trained = DistributedDataParallel(model, forward_sync_buffers=running_stats)
     optimizer = make_optimizer(cfg, model)
@@ -185,7 +185,10 @@ def make_step(cfg: TrainConfig, model: Classifier, worker: Worker, steps_per_epo
 
 
 def validate(model: Classifier, split: Split, worker: Worker) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on `split`; each worker predicts one contiguous part of it."""
+    """(mean cross-entropy, accuracy) on `split`; each worker predicts one contiguous part of it, with rank 0's
+    buffers: every part is predicted by the model that rank 0 saves (a BatchNorm's running statistics differ
+    between ranks after training, each rank's last batches being its own shard)."""
+    broadcast_buffers(model, worker)
     part = torch.tensor_split(split.images, worker.world_size)[worker.rank]
     logits = gather_chunks(predict_logits(model, part, VALID_BATCH, worker.device).to(worker.device), worker).cpu()
     labels = split.labels.cpu()

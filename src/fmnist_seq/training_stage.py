@@ -5,8 +5,10 @@ once the whole group is done."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -46,14 +48,18 @@ class StageFiles:
                                                                                        else [])
 
 
-def check_teacher(files: StageFiles, cfg: TrainConfig) -> None:
-    """A distilling block needs a teacher, and a teacher given to a block that does not distill is a mistake."""
+def files_to_read(files: StageFiles, cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> StageFiles:
+    """The stage's files as the run reads them. A distilling block needs a teacher; a block with distill.alpha 0
+    reads none, even when the command names one, so that one `dvc exp run -S train_lstm.distill.alpha=0` measures
+    what the teacher gives without an edit of dvc.yaml (`log` says so)."""
     if cfg.distill.alpha > 0 and files.teacher is None:
         raise ParamsError(f"params.yaml: {files.stage}.distill.alpha = {cfg.distill.alpha} needs a teacher: give the "
                           "stage's command --teacher <checkpoint> (dvc.yaml), or set distill.alpha to 0")
     if cfg.distill.alpha == 0 and files.teacher is not None:
-        raise ParamsError(f"the stage was given --teacher {files.teacher} but params.yaml's {files.stage}.distill.alpha "
-                          "is 0: set it above 0 to distill, or drop --teacher from the stage's command")
+        log(f"{files.stage}: distill.alpha is 0: training on the labels alone; the teacher {files.teacher} "
+            "(--teacher) is not read")
+        return dataclasses.replace(files, teacher=None)
+    return files
 
 
 def snapshots_of(files: StageFiles, cfg: TrainConfig, seed: int, device: torch.device, workers: int) -> Snapshots:
@@ -68,6 +74,7 @@ def train_worker(files: StageFiles, group_owner: bool) -> None:
     snapshot and removes it once every worker is done. Under a `torchrun` started by hand there is none, so rank 0
     holds it and removes it after writing the outputs, when every rank has finished its last epoch."""
     cfg = load_block(TrainConfig, files.stage)
+    files = files_to_read(files, cfg)
     seed = training_seed(cfg)
     with join(cfg.device) as worker:
         teacher = load_checkpoint(files.teacher).model if files.teacher is not None else None
@@ -97,7 +104,7 @@ def run(files: StageFiles, script: str, args: list[str], found: list[Snapshots])
     """Validate the params block, then train here (one worker) or launch the workers (several, each running
     `script args` as a worker), holding the run's snapshot throughout; remove it only when all of them are done."""
     cfg = load_block(TrainConfig, files.stage)
-    check_teacher(files, cfg)
+    files = files_to_read(files, cfg, log=print)
     device = resolve_device(cfg.device)
     workers = resolve_workers(cfg.workers, device, cfg.batch_size, files.stage)
     snapshots = snapshots_of(files, cfg, training_seed(cfg), device, workers)
