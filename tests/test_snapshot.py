@@ -2,6 +2,7 @@
 broken one, is never used, and says why; a live run's snapshot is never cleared by another run."""
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from conftest import NORM, easy_split
+from fmnist_seq import snapshot
 from fmnist_seq.config import AugmentConfig, ModelConfig, TrainConfig
 from fmnist_seq.snapshot import DEFAULT_FOLDER, SNAPSHOTS_ENV, STALE_AFTER_DAYS, RunKey, Snapshots, snapshot_folder
 from fmnist_seq.training import TrainingJob, fit
@@ -235,6 +237,28 @@ def test_a_second_run_with_the_same_key_waits_for_the_first(tmp_path):
         live.wait()
     thread.join(timeout=60)
     assert acquired.is_set()
+
+
+def test_a_run_takes_its_lock_even_when_another_run_removes_the_folder_first(tmp_path, monkeypatch):
+    """Another run's `remove` deletes the folder once it is empty; landing just before this run opens its lock
+    file, that once made the run train without a lock, then fail at its end and lose its outputs."""
+    lines: list[str] = []
+    snapshots = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lines.append)
+    lock = Snapshots.lock_of(snapshots.path)
+    real_open, removals = os.open, []
+
+    def open_after_removal(path, *args, **kwargs):
+        if Path(path) == lock and not removals:  # the other run's remove() lands here, once
+            removals.append(path)
+            shutil.rmtree(snapshots.folder, ignore_errors=True)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(snapshot.os, "open", open_after_removal)
+    with snapshots.held():
+        assert removals and snapshot._lock(lock, wait=False) is None  # held, by this run
+    assert lines == []  # nobody else holds the key: no wait
+    fd = snapshot._lock(lock, wait=False)
+    assert fd is not None  # released at the end
+    os.close(fd)
 
 
 def test_a_snapshot_that_vanishes_while_listed_is_no_error(tmp_path, monkeypatch):

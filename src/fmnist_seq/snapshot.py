@@ -115,13 +115,18 @@ class RunKey:
 
 
 def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
-    """An exclusive lock on `path`, as an open descriptor (closing it releases the lock); None when another
-    process holds it (without `wait`) or, without `create`, when the file is gone."""
+    """An exclusive lock on `path`, as an open descriptor (closing it releases the lock), or None when another
+    process holds it (without `wait`). Without `create`, FileNotFoundError when the file is gone; with it, the
+    file and its folder are made as needed: another run's `remove` deletes the folder when it leaves it empty,
+    even between our look and our open."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         except FileNotFoundError:
-            return None
+            if not create:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -137,7 +142,7 @@ def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
             return fd
         os.close(fd)
         if not create:
-            return None
+            raise FileNotFoundError(path)
 
 
 class Snapshots:
@@ -161,7 +166,6 @@ class Snapshots:
         launches the workers) holds it, so no other run clears this snapshot while this run could still write
         or need it. A second run with the very same key waits here until the first ends, then resumes what it
         left or starts afresh."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         lock = self.lock_of(self.path)
         fd = _lock(lock, wait=False)
         if fd is None:
@@ -245,9 +249,13 @@ class Snapshots:
             except FileNotFoundError:  # another run cleared or finished it since the listing
                 continue
             lock = self.lock_of(other)
-            fd = _lock(lock, wait=False, create=False)
-            if fd is None and lock.exists():
-                continue  # a live run holds it
+            try:
+                fd = _lock(lock, wait=False, create=False)
+            except FileNotFoundError:
+                fd = None  # no lock file: no run holds it
+            else:
+                if fd is None:
+                    continue  # a live run holds it
             try:
                 other.unlink(missing_ok=True)
                 lock.unlink(missing_ok=True)
