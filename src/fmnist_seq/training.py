@@ -389,7 +389,7 @@ def fit(job: TrainingJob, on_epoch: Callable[[EpochRecord], None] | None = None,
             snapshot_start = time.perf_counter()
             saved_state = state.state_dict(worker)  # a collective: every rank takes part
             if worker.is_main:
-                snapshots.save(saved_state)
+                snapshots.save(saved_state, finished=stop or state.epoch == cfg.epochs)
             snapshot_seconds.append(time.perf_counter() - snapshot_start)
         # Printed once the epoch is safe on disk: what this line reports survives a kill from now on.
         say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}  "
