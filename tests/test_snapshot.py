@@ -204,9 +204,7 @@ def test_a_live_runs_snapshot_is_never_cleared_by_another_run(tmp_path):
     with third.held():
         train(third, cfg=replace(CFG, lr=0.03))
     assert live_snapshot.exists() and other.path.exists()  # dead runs' now, but recent: their reruns may resume
-    week_ago = time.time() - (STALE_AFTER_DAYS * 86400 + 60)
-    for path in (live_snapshot, other.path, third.path):
-        os.utime(path, (week_ago, week_ago))
+    make_old(*third.folder.iterdir())  # every file of these runs: snapshots and lock files
     fourth = Snapshots(run_key(tmp_path, replace(CFG, lr=0.04)), tmp_path / "snapshots", log=lambda _: None)
     with third.held():  # a live run's snapshot is never cleared, however old
         with fourth.held():
