@@ -1,6 +1,7 @@
 """Snapshots: a fit resumed from one ends exactly where an uninterrupted fit does; another run's snapshot, or a
 broken one, is never used, and says why; a live run's snapshot is never cleared by another run."""
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -322,6 +323,26 @@ def test_a_run_takes_its_lock_even_when_another_run_removes_the_folder_first(tmp
     fd = snapshot._lock(lock, wait=False)
     assert fd is not None  # released at the end
     os.close(fd)
+
+
+def test_a_lock_file_replaced_while_being_locked_is_seen_held(tmp_path, monkeypatch):
+    """A run may remove its lock file just after another opened it, and a new run make and hold a new one: the
+    clearing run must see that one held, not take the file for gone."""
+    lock = tmp_path / f"train_gru-{'a' * 16}.lock"
+    lock.write_bytes(b"")
+    real_flock, holders = fcntl.flock, []
+
+    def flock_after_replacement(fd, operation):
+        if not holders:
+            holders.append(None)
+            lock.unlink()
+            holders[0] = snapshot._lock(lock, wait=False)  # the new run
+        return real_flock(fd, operation)
+    monkeypatch.setattr(snapshot.fcntl, "flock", flock_after_replacement)
+    try:
+        assert snapshot._lock(lock, wait=False, create=False) is None
+    finally:
+        os.close(holders[0])
 
 
 def test_a_snapshot_that_vanishes_while_listed_is_no_error(tmp_path, monkeypatch):

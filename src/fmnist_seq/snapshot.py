@@ -135,7 +135,7 @@ def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
             os.close(fd)
             return None
         # The holder before us may have removed the file after we opened it: a lock on that orphan guards
-        # nothing, so lock the file that the path names now.
+        # nothing, so lock the file that the path names now (or, without `create`, find it gone).
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -143,8 +143,6 @@ def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
         if current:
             return fd
         os.close(fd)
-        if not create:
-            raise FileNotFoundError(path)
 
 
 class Snapshots:
