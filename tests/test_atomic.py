@@ -71,3 +71,21 @@ def test_a_failed_block_leaves_the_old_folder(tmp_path):
         (staging / "file").write_text("half")
         raise RuntimeError("download failed")
     assert (dest / "file").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_new_files_and_folders_get_the_usual_mode_without_touching_the_umask(tmp_path, monkeypatch):
+    """The kernel applies the umask at creation: reading it would mean setting it, process-wide, and a file
+    another thread created meanwhile would be world-writable."""
+    real_umask = os.umask
+    previous = real_umask(0o027)
+    changes: list[int] = []
+    monkeypatch.setattr(atomic.os, "umask", lambda mask: changes.append(mask) or real_umask(mask))
+    try:
+        write_bytes(tmp_path / "file", b"data")
+        with atomic_dir(tmp_path / "folder") as staging:
+            (staging / "file").write_text("data")
+    finally:
+        real_umask(previous)
+    assert changes == []
+    assert (tmp_path / "file").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o750

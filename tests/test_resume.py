@@ -85,7 +85,7 @@ def snapshots_in(folder: Path) -> list[Path]:
 def assert_same_outputs(folder: Path, reference: Path) -> None:
     assert (folder / "gru.pt").read_bytes() == (reference / "gru.pt").read_bytes()  # weights, history, everything
     assert (folder / "live/metrics.json").read_text() == (reference / "live/metrics.json").read_text()
-    for series in ("train/loss.tsv", "valid/loss.tsv", "valid/accuracy.tsv", "lr.tsv"):  # curves from step 1
+    for series in ("train/loss.tsv", "valid/loss.tsv", "valid/accuracy.tsv", "mean_lr.tsv"):  # curves from step 1
         assert (folder / "live/plots/metrics" / series).read_text() == \
             (reference / "live/plots/metrics" / series).read_text(), series
 

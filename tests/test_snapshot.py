@@ -1,7 +1,9 @@
 """Snapshots: a fit resumed from one ends exactly where an uninterrupted fit does; another run's snapshot, or a
 broken one, is never used, and says why; a live run's snapshot is never cleared by another run."""
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from conftest import NORM, easy_split
+from fmnist_seq import snapshot
 from fmnist_seq.config import AugmentConfig, ModelConfig, TrainConfig
 from fmnist_seq.snapshot import DEFAULT_FOLDER, SNAPSHOTS_ENV, STALE_AFTER_DAYS, RunKey, Snapshots, snapshot_folder
 from fmnist_seq.training import TrainingJob, fit
@@ -83,6 +86,24 @@ def test_a_resumed_fit_with_augmentation_draws_the_same_changes(tmp_path):
     assert_same_run(resumed, reference)
 
 
+def test_a_run_that_stopped_early_is_reported_as_ended_not_as_resumable(tmp_path):
+    """Early stopping ends training before `epochs`: what is saved then is the whole run, and its rerun only
+    writes the outputs."""
+    early = replace(CFG, epochs=8, patience=1, lr=1.0, schedule="constant", optimizer="sgd")
+    lines: list[str] = []
+    snapshots = Snapshots(run_key(tmp_path, early), tmp_path / "snapshots", log=lines.append)
+    first, _ = train(snapshots, cfg=early)
+    ended = len(first.history)
+    assert ended < early.epochs, "this run is meant to stop early"
+    assert snapshots.describe_saved() == (f"epochs 1-{ended}, where training stopped early, are saved in "
+                                          f"{snapshots.path}: `dvc repro` writes the outputs from it")
+    again, seen = train(snapshots, cfg=early)
+    assert_same_run(again, first)
+    assert seen == list(range(1, ended + 1))
+    assert len(lines) == 1 and lines[0].startswith(f"train_gru: training already ended at epoch {ended} of 8 (early "
+                                                   f"stop); writing the outputs from {snapshots.path} (snapshot of ")
+
+
 def test_a_run_killed_after_its_last_epoch_resumes_to_the_same_result(tmp_path):
     reference, _ = train()
     snapshots = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lambda _: None)
@@ -136,7 +157,7 @@ def test_a_cuda_snapshot_is_not_resumed_on_the_cpu_nor_under_another_torch(tmp_p
     assert older.digest != cpu.digest and cpu.differences(asdict(older)) == [f"torch '2.13.0' -> {torch.__version__!r}"]
 
     saved_on_gpu = Snapshots(cuda, tmp_path / "snapshots", log=lambda _: None)
-    saved_on_gpu.save({"epoch": 2})
+    saved_on_gpu.save({"epoch": 2}, finished=False)
     lines: list[str] = []
     assert Snapshots(cpu, tmp_path / "snapshots", log=lines.append).load() is None
     assert lines == [f"train_gru: not resuming {saved_on_gpu.path}: device 'cuda (NVIDIA H200)' -> 'cpu'; starting afresh"]
@@ -154,7 +175,7 @@ cfg = TrainConfig(model=ModelConfig(cell="gru", hidden_size=8, num_layers=2, dro
 key = RunKey.of("train_gru", cfg, 0, torch.device("cpu"), 1, [tmp / "train.pt"], [str(tmp / "code.py")])
 snapshots = Snapshots(key, tmp / "snapshots")
 with snapshots.held():
-    snapshots.save({"epoch": 1})
+    snapshots.save({"epoch": 1}, finished=False)
     print("held", flush=True)
     sys.stdin.read()  # until the test closes stdin, or kills this process
 """
@@ -184,9 +205,7 @@ def test_a_live_runs_snapshot_is_never_cleared_by_another_run(tmp_path):
     with third.held():
         train(third, cfg=replace(CFG, lr=0.03))
     assert live_snapshot.exists() and other.path.exists()  # dead runs' now, but recent: their reruns may resume
-    week_ago = time.time() - (STALE_AFTER_DAYS * 86400 + 60)
-    for path in (live_snapshot, other.path, third.path):
-        os.utime(path, (week_ago, week_ago))
+    make_old(*third.folder.iterdir())  # every file of these runs: snapshots and lock files
     fourth = Snapshots(run_key(tmp_path, replace(CFG, lr=0.04)), tmp_path / "snapshots", log=lambda _: None)
     with third.held():  # a live run's snapshot is never cleared, however old
         with fourth.held():
@@ -213,6 +232,53 @@ def test_runs_killed_together_each_resume_whichever_reruns_first(tmp_path):
         assert_same_run(result, train(cfg=cfg)[0])
 
 
+def make_old(*paths: Path) -> None:
+    """As if last written just over STALE_AFTER_DAYS ago."""
+    week_ago = time.time() - (STALE_AFTER_DAYS * 86400 + 60)
+    for path in paths:
+        os.utime(path, (week_ago, week_ago))
+
+
+def test_every_file_a_dead_run_left_goes_with_its_snapshot(tmp_path):
+    """A run killed before its first save leaves only a lock file, one killed mid-write a `.tmp`: nobody's
+    snapshot, but cleared by the same rule, a week after they were last written and unless a live run holds them."""
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    killed_before_saving = folder / f"train_gru-{'a' * 16}.lock"
+    killed_mid_write = folder / f".train_gru-{'b' * 16}.pt.1a2b3c4d.tmp"
+    dead = [folder / f"train_gru-{'c' * 16}{suffix}" for suffix in (".pt", ".lock")] + [
+        folder / f".train_gru-{'c' * 16}.pt.5e6f7a8b.tmp"]
+    live_lock = folder / f"train_gru-{'d' * 16}.lock"
+    recent = folder / f"train_gru-{'e' * 16}.lock"
+    other_stage = folder / f"train_rnn-{'f' * 16}.lock"
+    for path in (killed_before_saving, killed_mid_write, *dead, live_lock, recent, other_stage):
+        path.write_bytes(b"")
+    make_old(killed_before_saving, killed_mid_write, *dead, live_lock, other_stage)
+    held = snapshot._lock(live_lock, wait=False)  # a live run (locks are per open file, so this process will do)
+    try:
+        Snapshots(run_key(tmp_path), folder, log=lambda _: None).save({"epoch": 1}, finished=False)
+        assert not any(path.exists() for path in (killed_before_saving, killed_mid_write, *dead))
+        assert live_lock.exists() and recent.exists() and other_stage.exists()
+    finally:
+        os.close(held)
+
+
+def test_an_unreadable_snapshot_set_aside_is_kept_a_week_from_then(tmp_path):
+    """A rename keeps the file's old time: set aside, a week-old snapshot was cleared by the next save at once."""
+    snapshots = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lambda _: None)
+    snapshots.folder.mkdir()
+    snapshots.path.write_bytes(b"not a snapshot")
+    make_old(snapshots.path)
+    assert snapshots.load() is None
+    (aside,) = snapshots.folder.glob(f"{snapshots.path.stem}.unreadable-*.pt")
+    snapshots.save({"epoch": 1}, finished=False)  # the same run's first save
+    assert aside.exists()
+    snapshots.remove()  # the run is done
+    other = Snapshots(run_key(tmp_path, replace(CFG, lr=0.02)), snapshots.folder, log=lambda _: None)
+    other.save({"epoch": 1}, finished=False)  # another run's first save
+    assert aside.exists()
+
+
 def test_a_second_run_with_the_same_key_waits_for_the_first(tmp_path):
     live = hold_in_another_process(tmp_path)
     lines: list[str] = []
@@ -235,6 +301,48 @@ def test_a_second_run_with_the_same_key_waits_for_the_first(tmp_path):
         live.wait()
     thread.join(timeout=60)
     assert acquired.is_set()
+
+
+def test_a_run_takes_its_lock_even_when_another_run_removes_the_folder_first(tmp_path, monkeypatch):
+    """Another run's `remove` deletes the folder once it is empty; landing just before this run opens its lock
+    file, that once made the run train without a lock, then fail at its end and lose its outputs."""
+    lines: list[str] = []
+    snapshots = Snapshots(run_key(tmp_path), tmp_path / "snapshots", log=lines.append)
+    lock = Snapshots.lock_of(snapshots.path)
+    real_open, removals = os.open, []
+
+    def open_after_removal(path, *args, **kwargs):
+        if Path(path) == lock and not removals:  # the other run's remove() lands here, once
+            removals.append(path)
+            shutil.rmtree(snapshots.folder, ignore_errors=True)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(snapshot.os, "open", open_after_removal)
+    with snapshots.held():
+        assert removals and snapshot._lock(lock, wait=False) is None  # held, by this run
+    assert lines == []  # nobody else holds the key: no wait
+    fd = snapshot._lock(lock, wait=False)
+    assert fd is not None  # released at the end
+    os.close(fd)
+
+
+def test_a_lock_file_replaced_while_being_locked_is_seen_held(tmp_path, monkeypatch):
+    """A run may remove its lock file just after another opened it, and a new run make and hold a new one: the
+    clearing run must see that one held, not take the file for gone."""
+    lock = tmp_path / f"train_gru-{'a' * 16}.lock"
+    lock.write_bytes(b"")
+    real_flock, holders = fcntl.flock, []
+
+    def flock_after_replacement(fd, operation):
+        if not holders:
+            holders.append(None)
+            lock.unlink()
+            holders[0] = snapshot._lock(lock, wait=False)  # the new run
+        return real_flock(fd, operation)
+    monkeypatch.setattr(snapshot.fcntl, "flock", flock_after_replacement)
+    try:
+        assert snapshot._lock(lock, wait=False, create=False) is None
+    finally:
+        os.close(holders[0])
 
 
 def test_a_snapshot_that_vanishes_while_listed_is_no_error(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ from fmnist_seq.data import Normalization, Split
 from fmnist_seq.errors import CheckpointError, ParamsError, TrainingError
 from fmnist_seq.models import (Classifier, ConvClassifier, SequenceClassifier, count_parameters, forward_flops,
                                predict_logits)
-from fmnist_seq.training import EarlyStopping, Step, TrainingJob, fit, global_batches, seed_everything
+from fmnist_seq.training import (EarlyStopping, Step, TrainingJob, fit, global_batches, make_optimizer, make_scheduler,
+                                 seed_everything)
 
 
 RNN = ModelConfig(cell="rnn", hidden_size=16, num_layers=1, bidirectional=True, head="all_steps", head_hidden=32,
@@ -77,6 +78,22 @@ def test_fit_stops_early_and_keeps_selected_weights():
     logits = result.model.eval()(VALID.images)
     loss = torch.nn.functional.cross_entropy(logits, VALID.labels).item()
     assert loss == pytest.approx(result.selected.valid_loss, rel=1e-4)
+
+
+def test_the_logged_learning_rate_is_the_mean_of_the_epochs_own_steps():
+    """The schedule moves the rate every step: each epoch logs the mean of the rates its steps used (the rate read
+    after its last step would be the next epoch's first)."""
+    config = cfg(GRU, epochs=3)
+    steps = len(global_batches(len(TRAIN), config.batch_size, 1))
+    optimizer = make_optimizer(config, torch.nn.Linear(1, 1))
+    scheduler = make_scheduler(config, optimizer, steps)
+    rates = []
+    for _ in range(config.epochs * steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    expected = [sum(rates[start:start + steps]) / steps for start in range(0, len(rates), steps)]
+    assert [record.mean_lr for record in train(config).history] == pytest.approx(expected, rel=1e-12)
 
 
 def test_non_finite_loss_stops_with_the_epoch():

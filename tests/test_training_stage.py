@@ -44,7 +44,7 @@ def test_the_snapshot_is_removed_only_when_the_whole_group_succeeded(tmp_path, p
     def launch(workers: int, script: str, args: list[str], max_restarts: int) -> None:
         (snapshots,) = found
         assert _lock(Snapshots.lock_of(snapshots.path), wait=False) is None  # the stage holds its run throughout
-        snapshots.save({"epoch": 2})  # rank 0 trained every epoch (and may have written the outputs)
+        snapshots.save({"epoch": 2}, finished=True)  # rank 0 trained every epoch (and may have written the outputs)
         if group_fails:
             raise TrainingError("training worker rank 1 (pid 4242) was killed by SIGKILL; the launcher stopped "
                                 "the other workers. No checkpoint was written")

@@ -12,21 +12,31 @@ import ctypes
 import io
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 _RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2, Linux 3.15+)
 _AT_FDCWD = -100
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(dest: Path, create: Callable[[Path], None]) -> Path:
+    """A new temporary path beside `dest`, `.<name>.<random>.tmp`, made by `create` (which fails if it exists).
+
+    Unlike tempfile's (0600, 0700), the file or folder is created with the usual mode, 0666 or 0777 less the
+    umask, which the kernel applies: reading the umask to chmod afterwards means setting it, process-wide, and
+    a file another thread creates meanwhile would get mode 0666.
+    """
+    while True:
+        path = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
 
 
 def fsync_path(path: Path) -> None:
@@ -50,12 +60,9 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; rename it onto `dest` only if the block succeeds."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(dest, lambda path: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         yield tmp_path
-        tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         fsync_path(tmp_path)
         os.replace(tmp_path, dest)
         fsync_path(dest.parent)
@@ -83,11 +90,10 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    staging = _create_beside(dest, lambda path: path.mkdir(0o777))
     old = staging  # after a swap, the staging name holds the old folder
     try:
         yield staging
-        staging.chmod(0o777 & ~_umask())
         _fsync_tree(staging)
         if not dest.exists():
             os.replace(staging, dest)

@@ -25,7 +25,7 @@ class Checkpoint:
     selected_epoch: int
     valid: dict[str, float]  # loss and accuracy of the selected epoch
     train_params: dict[str, Any]  # the whole train_<model> block it was trained with
-    history: list[dict[str, float]]  # per epoch: losses, accuracies, lr (no timings: see timings.json)
+    history: list[dict[str, float]]  # per epoch: losses, accuracies, mean_lr (no timings: see timings.json)
 
 
 def save_checkpoint(path: str | Path, model: Classifier, train_params: dict[str, Any], selected_epoch: int,

@@ -7,10 +7,11 @@ that determines the run's numbers (its run key): another run never resumes it, a
 
 Several runs may share the folder at once (`dvc queue start -j 2`, two workspaces with one FMNIST_SNAPSHOTS):
 each run holds a lock on its own `<snapshot>.lock` file for as long as it lives, and a run clears away only
-the snapshots of other runs whose lock nobody holds and that nobody has written for STALE_AFTER_DAYS. The
-kernel releases a lock when its process dies, however it dies, so a live run's snapshot never goes; a killed
-run's stays for its own rerun to resume (two queued experiments killed together each resume, whichever reruns
-first), and goes once it is left a week unused, so the folder does not fill up with every params change.
+the files of other runs (snapshot, lock, a write cut short, an unreadable snapshot set aside) whose lock
+nobody holds and that nobody has written for STALE_AFTER_DAYS. The kernel releases a lock when its process
+dies, however it dies, so a live run's snapshot never goes; a killed run's stays for its own rerun to resume
+(two queued experiments killed together each resume, whichever reruns first), and goes once it is left a week
+unused, so the folder does not fill up with every params change.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from fmnist_seq.atomic import write_torch
 from fmnist_seq.config import PER_RUN, RECIPE, TrainConfig, as_dict, changed_keys, keys_with_role, restricted
 
 # 2: the state is TrainingState's (training.py); the key names the device and the torch version.
-FORMAT_VERSION = 2
+# 3: `finished` says whether training ended with the saved epoch (its last, or an early stop).
+FORMAT_VERSION = 3
 SNAPSHOTS_ENV = "FMNIST_SNAPSHOTS"
 DEFAULT_FOLDER = Path(".dvc") / "tmp" / "snapshots"
 STALE_AFTER_DAYS = 7  # a dead run's snapshot unused this long is cleared by the stage's next run
@@ -115,20 +117,25 @@ class RunKey:
 
 
 def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
-    """An exclusive lock on `path`, as an open descriptor (closing it releases the lock); None when another
-    process holds it (without `wait`) or, without `create`, when the file is gone."""
+    """An exclusive lock on `path`, as an open descriptor (closing it releases the lock), or None when another
+    process holds it (without `wait`). Without `create`, FileNotFoundError when the file is gone; with it, the
+    file and its folder are made as needed: another run's `remove` deletes the folder when it leaves it empty,
+    even between our look and our open."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
         except FileNotFoundError:
-            return None
+            if not create:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             return None
         # The holder before us may have removed the file after we opened it: a lock on that orphan guards
-        # nothing, so lock the file that the path names now.
+        # nothing, so lock the file that the path names now (or, without `create`, find it gone).
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -136,8 +143,6 @@ def _lock(path: Path, wait: bool, create: bool = True) -> int | None:
         if current:
             return fd
         os.close(fd)
-        if not create:
-            return None
 
 
 class Snapshots:
@@ -161,7 +166,6 @@ class Snapshots:
         launches the workers) holds it, so no other run clears this snapshot while this run could still write
         or need it. A second run with the very same key waits here until the first ends, then resumes what it
         left or starts afresh."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         lock = self.lock_of(self.path)
         fd = _lock(lock, wait=False)
         if fd is None:
@@ -182,7 +186,7 @@ class Snapshots:
             blob = torch.load(self.path, map_location="cpu", weights_only=True)
             if blob.get("format_version") != FORMAT_VERSION or blob.get("key") != asdict(self.key):
                 raise ValueError("it belongs to another run or format")
-            state = blob["state"]
+            state, finished = blob["state"], bool(blob["finished"])
             saved_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(blob["saved_at"]))
         except Exception as exc:  # truncated, corrupt, foreign: never worth a traceback, the run starts afresh
             aside = self._set_aside()
@@ -194,8 +198,12 @@ class Snapshots:
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         after = (f", restart {restarts} of {os.environ.get('TORCHELASTIC_MAX_RESTARTS', '?')} after a worker failed"
                  if restarts not in ("", "0") else "")
-        self.log(f"{self.key.stage}: resuming at epoch {state['epoch'] + 1} of {epochs} from {self.path} "
-                 f"(snapshot of {saved_at}{after})")
+        source = f"{self.path} (snapshot of {saved_at}{after})"
+        if finished:
+            self.log(f"{self.key.stage}: training already ended at epoch {state['epoch']} of {epochs}"
+                     f"{' (early stop)' if state['epoch'] < epochs else ''}; writing the outputs from {source}")
+        else:
+            self.log(f"{self.key.stage}: resuming at epoch {state['epoch'] + 1} of {epochs} from {source}")
         return state
 
     def _set_aside(self) -> Path | None:
@@ -203,6 +211,7 @@ class Snapshots:
         aside = self.path.with_name(f"{self.path.stem}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}{self.path.suffix}")
         try:
             os.replace(self.path, aside)
+            os.utime(aside)  # a rename keeps the old time: kept STALE_AFTER_DAYS from now, not cleared by a save
         except OSError:
             return None
         return aside
@@ -224,52 +233,81 @@ class Snapshots:
             why = f"it cannot be read ({type(exc).__name__})"
         self.log(f"{self.key.stage}: not resuming {newest}: {why}; starting afresh")
 
-    def _others(self) -> list[Path]:
-        return [p for p in self.folder.glob(f"{self.key.stage}-*.pt") if p != self.path]
+    def _runs(self) -> dict[Path, list[Path]]:
+        """The stage's files in the folder, by the snapshot path they belong to: the snapshot itself, its lock,
+        a write of it cut short (`.<snapshot>.*.tmp`), its unreadable versions set aside."""
+        run = re.compile(rf"\.?({re.escape(self.key.stage)}-[0-9a-f]{{16}})\.")
+        runs: dict[Path, list[Path]] = {}
+        for path in self.folder.glob(f"*{self.key.stage}-*"):
+            if found := run.match(path.name):
+                runs.setdefault(self.folder / f"{found.group(1)}.pt", []).append(path)
+        return runs
 
-    def save(self, state: dict[str, Any]) -> None:
-        """Atomically: a kill during the write leaves the previous snapshot. The first save also clears the
-        stage's snapshots that no live run holds and that were left unused for STALE_AFTER_DAYS."""
+    def _others(self) -> list[Path]:
+        """The other runs' snapshots."""
+        return [snapshot for snapshot, files in self._runs().items() if snapshot != self.path and snapshot in files]
+
+    def save(self, state: dict[str, Any], *, finished: bool) -> None:
+        """Atomically: a kill during the write leaves the previous snapshot. `finished`: training ended with this
+        epoch (its last, or an early stop), so a rerun only writes the outputs. The first save also clears the
+        files of the stage's other runs that no live run holds and that were left unused for STALE_AFTER_DAYS."""
         write_torch(self.path, {"format_version": FORMAT_VERSION, "key": asdict(self.key), "saved_at": time.time(),
-                                "state": state})
+                                "finished": finished, "state": state})
         if not self._cleared:
             self._clear_stale_others()
             self._cleared = True
 
     def _clear_stale_others(self) -> None:
         cutoff = time.time() - STALE_AFTER_DAYS * 86400
-        for other in self._others():
-            try:
-                if other.stat().st_mtime > cutoff:
-                    continue  # recent: a killed run's rerun may still resume it
-            except FileNotFoundError:  # another run cleared or finished it since the listing
+        for snapshot, files in self._runs().items():
+            if snapshot == self.path:
                 continue
-            lock = self.lock_of(other)
-            fd = _lock(lock, wait=False, create=False)
-            if fd is None and lock.exists():
-                continue  # a live run holds it
             try:
-                other.unlink(missing_ok=True)
-                lock.unlink(missing_ok=True)
+                if max(path.stat().st_mtime for path in files) > cutoff:
+                    continue  # recent: a killed run's rerun may still resume it, or someone inspect it
+            except FileNotFoundError:  # another run cleared, wrote or finished it since the listing
+                continue
+            lock = self.lock_of(snapshot)
+            try:
+                fd = _lock(lock, wait=False, create=False)
+            except FileNotFoundError:
+                fd = None  # no lock file: no run holds it
+            else:
+                if fd is None:
+                    continue  # a live run holds it, however old its files
+            try:
+                for path in files:
+                    if path != lock:
+                        path.unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)  # last, while locked: a run that opened it meanwhile makes a new one
             finally:
                 if fd is not None:
                     os.close(fd)
 
-    def saved_epoch(self) -> int | None:
-        """The last finished epoch on disk (None when there is none)."""
+    def _saved(self) -> tuple[int, bool] | None:
+        """The last finished epoch on disk and whether training ended with it; None when there is none."""
         try:
-            return int(torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)["state"]["epoch"])
+            blob = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            return int(blob["state"]["epoch"]), bool(blob["finished"])
         except Exception:
             return None
 
+    def saved_epoch(self) -> int | None:
+        """The last finished epoch on disk (None when there is none)."""
+        saved = self._saved()
+        return saved[0] if saved is not None else None
+
     def describe_saved(self) -> str:
         """What an interrupted or failed run leaves to resume, in words, for its last line."""
-        epoch = self.saved_epoch()
-        if epoch is None:
+        saved = self._saved()
+        if saved is None:
             return "no epoch had finished, so nothing is kept to resume"
-        return (f"epochs 1-{epoch} are saved in {self.path}: `dvc repro` resumes at epoch {epoch + 1}"
-                if epoch < self.key.params.get("epochs", epoch + 1) else
-                f"all epochs are saved in {self.path}: `dvc repro` writes the outputs from it")
+        epoch, finished = saved
+        if not finished:
+            return f"epochs 1-{epoch} are saved in {self.path}: `dvc repro` resumes at epoch {epoch + 1}"
+        ended = ("all epochs are" if epoch == self.key.params.get("epochs") else
+                 f"epochs 1-{epoch}, where training stopped early, are")
+        return f"{ended} saved in {self.path}: `dvc repro` writes the outputs from it"
 
     def remove(self) -> None:
         """The run is done (every worker finished, the outputs are written): nothing is left to resume. Called

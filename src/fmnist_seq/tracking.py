@@ -16,7 +16,7 @@ from fmnist_seq.training import EpochRecord, TrainResult
 
 # dvclive metric name -> EpochRecord field; dvc.yaml's Loss and Accuracy plots read these series.
 CURVES = {"train/loss": "train_loss", "train/accuracy": "train_accuracy",
-          "valid/loss": "valid_loss", "valid/accuracy": "valid_accuracy", "lr": "lr"}
+          "valid/loss": "valid_loss", "valid/accuracy": "valid_accuracy", "mean_lr": "mean_lr"}
 
 
 def open_live(live_dir: str | Path) -> Live:

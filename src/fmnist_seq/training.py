@@ -43,14 +43,14 @@ class EpochRecord:
     # The end-of-epoch model in eval mode on the validation split.
     valid_loss: float
     valid_accuracy: float
-    lr: float
+    mean_lr: float  # the mean learning rate of the epoch's optimizer steps (the schedule moves it every step)
     elapsed_s: float  # wall time since training started, at the end of this epoch
     images_per_s: float  # training images per second in this epoch, all workers together
 
     def results(self) -> dict[str, float]:
         """The figures that the same params and seed reproduce exactly (no wall times)."""
         return {"epoch": self.epoch, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
-                "valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy, "lr": self.lr}
+                "valid_loss": self.valid_loss, "valid_accuracy": self.valid_accuracy, "mean_lr": self.mean_lr}
 
 
 @dataclass
@@ -312,15 +312,17 @@ class TrainingState:
 
 
 def train_epoch(state: TrainingState, job: TrainingJob, data: tuple[torch.Tensor, torch.Tensor],
-                teacher: torch.Tensor | None, batches: list[slice], epoch: int) -> tuple[float, float, float]:
+                teacher: torch.Tensor | None, batches: list[slice], epoch: int) -> tuple[float, float, float, float]:
     """One pass over the train split (`data`: its images and labels on the device; `teacher`: the teacher's
-    probabilities of them) in seeded global batches; (loss sum, correct predictions, images) over all workers."""
+    probabilities of them) in seeded global batches; (loss sum, correct predictions, images) over all workers,
+    and the mean learning rate of its steps."""
     worker, device, changes = job.worker, job.worker.device, job.cfg.augment
     images, labels = data
     state.model.train()
     order = torch.randperm(len(job.train), generator=state.shuffler).to(device)
     # loss sum, correct predictions, images seen: summed over the workers at the end of the epoch
     totals = torch.zeros(3, dtype=torch.float64, device=device)
+    rate_sum = 0.0  # the same schedule on every worker
     with _progress(len(job.train), f"epoch {epoch}/{job.cfg.epochs}", worker.is_main) as bar:
         for batch in batches:
             global_idx = order[batch]
@@ -328,6 +330,7 @@ def train_epoch(state: TrainingState, job: TrainingJob, data: tuple[torch.Tensor
             x, y = images[idx], labels[idx]
             if changes.enabled:  # drawn for the global batch, so that every worker count sees the same images
                 x = shard(augment(images[global_idx], changes, state.augmenter), worker)
+            rate_sum += state.step.scheduler.get_last_lr()[0]  # the rate this step uses; the step then moves it
             logits = state.step(x, y, weight=len(idx) * worker.world_size / len(global_idx),
                                 teacher=teacher[idx] if teacher is not None else None)
             totals += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
@@ -340,7 +343,7 @@ def train_epoch(state: TrainingState, job: TrainingJob, data: tuple[torch.Tensor
         raise TrainingError(
             f"training loss became {loss_sum / seen} in epoch {epoch}: training diverged. Lower lr ({job.cfg.lr}) "
             f"or set grad_clip (now {job.cfg.grad_clip}); no checkpoint was written")
-    return loss_sum, correct, seen
+    return loss_sum, correct, seen, rate_sum / len(batches)
 
 
 def fit(job: TrainingJob, on_epoch: Callable[[EpochRecord], None] | None = None, log: Callable[[str], None] = print,
@@ -375,14 +378,14 @@ def fit(job: TrainingJob, on_epoch: Callable[[EpochRecord], None] | None = None,
     stop = state.stopper.should_stop  # a run killed after its last epoch, before writing its outputs
     while not stop and state.epoch < cfg.epochs:
         epoch, epoch_start = state.epoch + 1, time.perf_counter()
-        loss_sum, correct, seen = train_epoch(state, job, data, teacher, batches, epoch)
+        loss_sum, correct, seen, mean_lr = train_epoch(state, job, data, teacher, batches, epoch)
         train_seconds = time.perf_counter() - epoch_start
         valid_loss, valid_acc = validate(state.model, job.valid, worker)
         if not math.isfinite(valid_loss):
             raise TrainingError(f"validation loss became {valid_loss} after epoch {epoch}: training diverged; "
                                 f"lower lr ({cfg.lr}) or set grad_clip; no checkpoint was written")
         record = EpochRecord(epoch=epoch, train_loss=loss_sum / seen, train_accuracy=correct / seen,
-                             valid_loss=valid_loss, valid_accuracy=valid_acc, lr=state.step.scheduler.get_last_lr()[0],
+                             valid_loss=valid_loss, valid_accuracy=valid_acc, mean_lr=mean_lr,
                              elapsed_s=time.perf_counter() - start, images_per_s=seen / train_seconds)
         best = state.finish_epoch(record, keep_weights=worker.is_main)
         if on_epoch is not None and worker.is_main:
@@ -392,7 +395,7 @@ def fit(job: TrainingJob, on_epoch: Callable[[EpochRecord], None] | None = None,
             snapshot_start = time.perf_counter()
             saved_state = state.state_dict(worker)  # a collective: every rank takes part
             if worker.is_main:
-                snapshots.save(saved_state)
+                snapshots.save(saved_state, finished=stop or state.epoch == cfg.epochs)
             snapshot_seconds.append(time.perf_counter() - snapshot_start)
         # Printed once the epoch is safe on disk: what this line reports survives a kill from now on.
         say(f"epoch {epoch:>3}/{cfg.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}  "
