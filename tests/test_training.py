@@ -11,8 +11,8 @@ from fmnist_seq.data import Normalization, Split
 from fmnist_seq.errors import CheckpointError, ParamsError, TrainingError
 from fmnist_seq.models import (Classifier, ConvClassifier, SequenceClassifier, count_parameters, forward_flops,
                                predict_logits)
-from fmnist_seq.training import (EarlyStopping, Step, TrainingJob, fit, global_batches, make_optimizer, make_scheduler,
-                                 seed_everything)
+from fmnist_seq.training import (EarlyStopping, Step, TrainingJob, fit, global_batches, make_optimizer,
+                                 make_scheduler, seed_everything)
 
 
 RNN = ModelConfig(cell="rnn", hidden_size=16, num_layers=1, bidirectional=True, head="all_steps", head_hidden=32,
