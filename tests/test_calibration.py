@@ -8,7 +8,7 @@ import pytest
 
 from fmnist_seq.calibration import (calibrated_on_validation, fit_temperature, load_temperatures, nll, softmax)
 from fmnist_seq.errors import CalibrationError
-from fmnist_seq.uncertainty import (brier_score, calibration_measures, expected_calibration_error,
+from fmnist_seq.uncertainty import (answered_at, brier_score, calibration_measures, expected_calibration_error,
                                     negative_log_likelihood, reliability_bins, risk_coverage, threshold_for,
                                     thresholds_tested)
 
@@ -115,6 +115,8 @@ def test_thresholds_and_risk_coverage_on_the_hand_computed_example():
 
 
 def test_a_tie_at_the_threshold_is_answered_whole():
-    """Two images at 0.8, one right, one wrong: a threshold of 0.8 answers both, so 100% needs 0.9."""
-    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8]])
+    """Two images at 0.8, the right one first in order, then the wrong one: a threshold of 0.8 answers both, so
+    100% needs 0.9, however the sort happens to order the tie."""
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.8, 0.2]])
     assert threshold_for(probabilities, np.array([0, 1, 1]), 1.0) == 0.9
+    assert answered_at(probabilities, np.array([0, 1, 1]), 0.8)["accuracy"] == pytest.approx(2 / 3)
