@@ -287,10 +287,10 @@ def thresholds_block(root: Path) -> str:
     for name in MODEL_NAMES:
         for target, t in thresholds.get(name, {}).items():
             if t["threshold"] is None:
-                rows.append((name.upper(), [pct(float(target)), "not reached on validation", MISSING, MISSING,
+                rows.append((name.upper(), [f"{100 * float(target):g}%", "not reached on validation", MISSING, MISSING,
                                             MISSING]))
                 continue
-            rows.append((name.upper(), [pct(float(target)), f"{t['threshold']:.3f}", pct(t["valid_coverage"]),
+            rows.append((name.upper(), [f"{100 * float(target):g}%", f"{t['threshold']:.3f}", pct(t["valid_coverage"]),
                                         pct(t["test_coverage"]), maybe(t["test_accuracy"], pct)]))
     if not rows:
         return prose("No committed run has chosen thresholds yet (`results/evaluate/thresholds.json`).")
