@@ -86,12 +86,19 @@ def results_block(root: Path) -> str:
         epoch = str(m["selected_epoch"]) + (f" of {len(timings['epochs'])}" if timings else "")
         training = (f"{timings['train_seconds']:.0f} s, {workers(timings)}" if timings else MISSING)
         report = REPORT_ACCURACY.get(name)
-        rows.append((name.upper(), [f"**{pct(m['test_accuracy'])}**", pct(m["valid_accuracy"]), epoch,
+        interval = (f"{100 * m['test_accuracy_low']:.2f}–{100 * m['test_accuracy_high']:.2f}%"
+                    if "test_accuracy_low" in m else MISSING)
+        rows.append((name.upper(), [f"**{pct(m['test_accuracy'])}**", interval, pct(m["valid_accuracy"]), epoch,
                                     f"{m['parameters']:,}", training, f"{100 * report:g}%" if report else MISSING]))
-    header = ["model", "test accuracy", "validation accuracy", "selected epoch (of trained)", "parameters",
-              "training", "the report"]
+    header = ["model", "test accuracy", "95% interval", "validation accuracy", "selected epoch (of trained)",
+              "parameters", "training", "the report"]
     machine = read_json(root, "results/export/timings.json").get("matmul_gflops_torch")
-    source = ("From `results/evaluate/metrics.json` and `results/train/<model>/timings.json`"
+    compared = metrics.get("comparisons", {})
+    pairs = "; ".join(f"{first} vs {second}: {100 * c['difference']:+.2f} points, p = {c['p_value']:.2g}"
+                      for first, second, c in ((*pair.split("_vs_"), c) for pair, c in compared.items()))
+    source = ((f"The interval is the exact (Clopper-Pearson) binomial one over the test images; paired on "
+               f"the same images (exact McNemar test): {pairs}. " if compared else "")
+              + "From `results/evaluate/metrics.json` and `results/train/<model>/timings.json`"
               + (f"; this run's machine multiplied fp32 matrices at {machine:.0f} GFLOP/s in PyTorch "
                  "(`results/export/timings.json`)." if machine else "."))
     return table(header, rows) + "\n\n" + prose(source)
@@ -247,6 +254,9 @@ def export_block(root: Path) -> str:
         ("max \\|logit diff\\| vs PyTorch", lambda c: maybe(c.fp32("max_logit_diff"), diff)),
         ("max \\|probability diff\\| vs PyTorch", lambda c: maybe(c.fp32("max_probability_diff"), diff)),
         ("mismatched predictions vs PyTorch", lambda c: maybe(c.fp32("mismatched_predictions"), str)),
+        ("temperature (probabilities = softmax(logits / T))", lambda c: maybe(c.fp32("temperature"), lambda v: f"{v:.3f}")),
+        ("test calibration error (15 bins), calibrated", lambda c: maybe(c.figures.get("test_ece"), pct)),
+        ("test NLL, calibrated", lambda c: maybe(c.figures.get("test_nll"), lambda v: f"{v:.4f}")),
         ("int8 file", lambda c: int8_decision(c, allowed)),
         ("validation accuracy", int8_valid_accuracy),
         ("test accuracy", test_accuracy),
@@ -269,6 +279,29 @@ def export_block(root: Path) -> str:
     source = ("Parity, sizes and the int8 figures: `results/export/metrics.json`; the fp32 test accuracy is "
               "PyTorch's (`results/evaluate/metrics.json`), which the gate lets no prediction differ from.")
     return table(["figure", *(c.header for c in columns)], rows) + "\n\n" + prose(machine + source)
+
+
+# thresholds: per model, the confidence an app may require for a target accuracy, and what it then answers.
+
+def thresholds_block(root: Path) -> str:
+    thresholds = read_json(root, "results/evaluate/thresholds.json")
+    rows = []
+    for name in MODEL_NAMES:
+        for target, t in thresholds.get(name, {}).items():
+            if t["threshold"] is None:
+                rows.append((name.upper(), [f"{100 * float(target):g}%", "not reached on validation", MISSING, MISSING,
+                                            MISSING]))
+                continue
+            rows.append((name.upper(), [f"{100 * float(target):g}%", f"{t['threshold']:.3f}", pct(t["valid_coverage"]),
+                                        pct(t["test_coverage"]), maybe(t["test_accuracy"], pct)]))
+    if not rows:
+        return prose("No committed run has chosen thresholds yet (`results/evaluate/thresholds.json`).")
+    header = ["model", "accuracy asked (validation)", "`--min-confidence`", "answered, validation",
+              "answered, test", "accuracy on test"]
+    return table(header, rows) + "\n\n" + prose(
+        "The lowest threshold on the calibrated top probability whose answered validation images reach the accuracy "
+        "asked, the share of images it answers, and what it gives on the test images, which chose nothing "
+        "(`results/evaluate/thresholds.json`; the fp32 files, whose probabilities PyTorch's match).")
 
 
 # training-timings: how fast the committed run trained.
@@ -404,6 +437,7 @@ KINDS: dict[str, Callable[[Path], str]] = {
     "results": results_block,
     "parameters": parameters_block,
     "export": export_block,
+    "thresholds": thresholds_block,
     "training-timings": training_timings_block,
     "lstm-budget": lstm_budget_block,
     "lstm-seeds": lstm_seeds_block,

@@ -1,6 +1,6 @@
-"""export: write ONNX models (uint8 pixels in, logits and probabilities out), verified against PyTorch, an int8
-variant kept on its validation accuracy, a few real test images for the browser page beside them, and time the
-models beside PyTorch."""
+"""export: write ONNX models (uint8 pixels in, logits and calibrated probabilities out), verified against PyTorch,
+an int8 variant kept on its validation accuracy, a few real test images for the browser page beside them, and
+time the models beside PyTorch."""
 
 import argparse
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 import _bootstrap  # noqa: F401  (first: this checkout's code, and a clear error under the wrong Python)
 
 from fmnist_seq.atomic import write_bytes, write_json
+from fmnist_seq.calibration import load_temperatures
 from fmnist_seq.config import TrainConfig, load_block, load_export
 from fmnist_seq.inference_bench import matmul_gflops, time_model
 from fmnist_seq.machine import usable_cpus
@@ -24,12 +25,13 @@ def export(args: argparse.Namespace) -> None:
     providers = select_providers(cfg.provider)
     # The int8 variant is kept or dropped on the validation split; the test split is only reported.
     valid, test = LabelledImages.load(args.data, "valid"), LabelledImages.load(args.data, "test")
+    temperatures = load_temperatures(args.temperatures, cfg.models)
     threads = usable_cpus()
     metrics: dict = {}
     timings: dict = {"threads": threads, "providers": [CPU]}  # the providers that ran, not the ones asked for
     for name in cfg.models:
         model = ModelToExport.load(name, Path(args.checkpoints) / f"{name}.pt",
-                                   load_block(TrainConfig, f"train_{name}").model)
+                                   load_block(TrainConfig, f"train_{name}").model, temperatures[name])
         exported = export_checkpoint(model, test, cfg, args.out, providers)
         metrics[name] = exported.figures
         timed = {"onnxruntime_cpu": (exported.path, [CPU])}
@@ -61,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="prepared data folder (valid.pt, test.pt)")
     parser.add_argument("--checkpoints", required=True, help="folder holding <name>.pt for export.models")
+    parser.add_argument("--temperatures", required=True, help="the calibrate stage's metrics: each model's temperature")
     parser.add_argument("--out", required=True, help="folder for <name>.onnx (and <name>.int8.onnx)")
     parser.add_argument("--metrics", required=True, help="export metrics JSON: parity, accuracy, file sizes")
     parser.add_argument("--timings", required=True, help="JSON with images/s, latency and the matmul rate")

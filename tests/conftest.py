@@ -102,15 +102,26 @@ def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
     return images.astype(np.uint8)
 
 
-def make_dataset(folder: Path, per_class_train: int = 30, per_class_test: int = 10, seed: int = 0) -> dict:
-    """Write the four .gz files into `folder`; return the params.yaml download.files block for them."""
+# The share of training images (so also of validation ones) the pipeline's tiny projects get with a wrong label,
+# as real data has some: no model is then right on every validation image, which would leave the calibrate stage
+# no finite temperature to fit (the NLL falls without end as T -> 0 when every answer is right).
+MISLABELED = 0.1
+
+
+def make_dataset(folder: Path, per_class_train: int = 30, per_class_test: int = 10, seed: int = 0,
+                 mislabeled: float = 0.0) -> dict:
+    """Write the four .gz files into `folder`; return the params.yaml download.files block for them. `mislabeled`:
+    the share of training images whose labels are passed round among themselves (each class keeps its count)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     arrays = {}
     for part, per_class in (("train", per_class_train), ("test", per_class_test)):
         labels = rng.permutation(np.repeat(np.arange(10), per_class)).astype(np.uint8)
-        arrays[f"{part}_labels"] = labels
         arrays[f"{part}_images"] = synthetic_images(labels, seed + len(part))
+        if part == "train" and mislabeled:
+            moved = rng.choice(len(labels), round(mislabeled * len(labels)), replace=False)
+            labels[moved] = labels[np.roll(moved, 1)]
+        arrays[f"{part}_labels"] = labels
     files = {}
     for role, name in RAW_FILES.items():
         raw = idx_bytes(arrays[role])
@@ -134,7 +145,7 @@ def own_stop_handling(monkeypatch):
 @pytest.fixture
 def synthetic_dir(tmp_path: Path) -> tuple[Path, dict]:
     folder = tmp_path / "mirror"
-    return folder, make_dataset(folder)
+    return folder, make_dataset(folder, mislabeled=MISLABELED)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -269,7 +280,7 @@ def reproduced_once(tmp_path_factory) -> Iterator[tuple[Path, subprocess.Complet
     cores). Its mirror is served for the whole session, so a copy's `dvc repro -f` downloads as the first did.
     Uncommitted: each test commits what it needs."""
     root = tmp_path_factory.mktemp("reproduced-once")
-    files = make_dataset(root / "mirror")
+    files = make_dataset(root / "mirror", mislabeled=MISLABELED)
     with serve(root / "mirror") as url:
         project = make_project(root / "project", url, files)
         yield project, dvc("repro", cwd=project)
@@ -336,6 +347,8 @@ MODELS = {
                         dropout=0.1),
 }
 NORM = Normalization(0.2, 0.3)
+# Temperatures the fixture's files are exported with, as the calibrate stage would give them: below and above 1.
+TEMPERATURES = {"rnn": 0.8, "gru": 1.25, "lstm": 0.6}
 
 
 def easy_split(n_per_class: int, seed: int) -> Split:
@@ -369,7 +382,7 @@ def exported(tmp_path_factory):
     figures = {}
     for name in MODELS:
         train_tiny(name, train, valid, out / f"{name}.pt")
-        model = ModelToExport.load(name, out / f"{name}.pt", MODELS[name])
+        model = ModelToExport.load(name, out / f"{name}.pt", MODELS[name], TEMPERATURES[name])
         result = export_checkpoint(model, test_images, cfg, out, ["CPUExecutionProvider"], log=lambda _: None)
         int8 = quantize_checked(result.proto, valid_images, test_images, cfg.quantize_max_accuracy_drop)
         if int8.kept:

@@ -443,3 +443,24 @@ def test_the_figure_check_catches_unsourced_and_tree_figures():
 def test_the_docs_index_names_every_kind_of_generated_block():
     index = (ROOT / "docs" / "README.md").read_text()
     assert [kind for kind in generator().KINDS if f"`{kind}`" not in index] == []
+
+
+def test_the_results_and_thresholds_blocks_show_intervals_comparisons_and_thresholds(tmp_path):
+    gen = generator()
+    assert "No committed run has chosen thresholds yet" in gen.thresholds_block(tmp_path)
+    (tmp_path / "results/evaluate").mkdir(parents=True)
+    metrics = {"lstm": {"test_accuracy": 0.9239, "test_accuracy_low": 0.91853, "test_accuracy_high": 0.92902,
+                        "valid_accuracy": 0.9372, "selected_epoch": 13, "parameters": 1988106},
+               "comparisons": {"lstm_vs_gru": {"difference": 0.0133, "p_value": 1.23e-5, "only_first_right": 310,
+                                               "only_second_right": 177}}}
+    (tmp_path / "results/evaluate/metrics.json").write_text(json.dumps(metrics))
+    thresholds = {"lstm": {"0.98": {"threshold": 0.9312, "valid_coverage": 0.8, "valid_accuracy": 0.9801,
+                                    "test_coverage": 0.79, "test_accuracy": 0.9787},
+                           "0.99": {"threshold": None, "valid_coverage": 0.0, "valid_accuracy": None}}}
+    (tmp_path / "results/evaluate/thresholds.json").write_text(json.dumps(thresholds))
+    results = gen.results_block(tmp_path)
+    assert "| LSTM | **92.39%** | 91.85–92.90% | 93.72% |" in results
+    assert "lstm vs gru: +1.33 points, p = 1.2e-05" in results.replace("\n", " ")
+    table = gen.thresholds_block(tmp_path)
+    assert "| LSTM | 98% | 0.931 | 80.00% | 79.00% | 97.87% |" in table
+    assert "| LSTM | 99% | not reached on validation | — | — | — |" in table

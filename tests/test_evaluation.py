@@ -1,9 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from fmnist_seq.classes import CLASS_KEYS, CLASS_NAMES, class_key
-from fmnist_seq.evaluation import (Evaluation, classification_metrics, confusion, misclassified, predictions_csv,
-                                   summary_markdown)
+from fmnist_seq.evaluation import (Evaluation, classification_metrics, compare_models, confusion, misclassified,
+                                   predictions_csv, summary_markdown)
 
 
 def test_metrics_agree_with_the_confusion_matrix():
@@ -44,10 +45,24 @@ def test_predictions_csv_uses_class_names():
 def test_misclassified_and_summary():
     assert misclassified(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 0, 3, 0]), 5) == [1, 3]
     per_class = {k: {"precision": 1.0, "recall": 1.0, "f1": 0.5 if k == "shirt" else 0.9} for k in CLASS_KEYS}
-    results = {name: Evaluation(metrics={"test_accuracy": acc, "test_loss": 0.3, "selected_epoch": 4,
-                                         "test_macro_f1": 0.9, "valid_accuracy": 0.9, "valid_loss": 0.3},
-                                per_class=per_class, confusion=[], predicted=torch.zeros(0))
-               for name, acc in (("rnn", 0.8912), ("gru", 0.9134))}
-    text = summary_markdown(results)
-    assert "| rnn | 89.12% | 88% | +1.12 pts |" in text
-    assert "gru beats rnn by 2.22 points" in text and "rnn: shirt" in text
+    labels = torch.tensor([0] * 60 + [1] * 40)
+    wrong = {"rnn": 30, "gru": 10}  # the gru gets right every image the rnn does, and 20 more
+    results = {name: Evaluation(metrics={"test_accuracy": 1 - wrong[name] / 100, "test_loss": 0.3, "selected_epoch": 4,
+                                         "test_accuracy_low": 0.8, "test_accuracy_high": 0.95,
+                                         "test_macro_f1": 0.9, "valid_accuracy": 0.9, "valid_loss": 0.3,
+                                         "temperature": 0.75, "test_ece": 0.08, "test_ece_calibrated": 0.012,
+                                         "test_nll": 0.35, "test_nll_calibrated": 0.3, "test_brier": 0.2,
+                                         "test_brier_calibrated": 0.19},
+                                per_class=per_class, confusion=[],
+                                predicted=torch.where(torch.arange(100) < wrong[name], 1 - labels, labels),
+                                probabilities=np.zeros(0), uncalibrated=np.zeros(0))
+               for name in ("rnn", "gru")}
+    comparisons = compare_models(results, labels)
+    assert list(comparisons) == ["gru_vs_rnn"]  # the more accurate first
+    gru_vs_rnn = comparisons["gru_vs_rnn"]
+    assert (gru_vs_rnn["only_first_right"], gru_vs_rnn["only_second_right"]) == (20, 0)
+    assert gru_vs_rnn["difference"] == pytest.approx(0.2) and gru_vs_rnn["p_value"] == 2 / 2 ** 20
+    text = summary_markdown(results, comparisons)
+    assert "| rnn | 70.00% | 80.00–95.00% | 88% | −18.00 pts |".replace("−", "-") in text
+    assert "- gru vs rnn: +20.00 points, p = 1.9e-06 (exact McNemar: 20 images only gru gets right, 0 only rnn)" in text
+    assert "| gru | 0.750 | 8.00% → 1.20% | 0.3500 → 0.3000 | 0.2000 → 0.1900 |" in text and "rnn: shirt" in text

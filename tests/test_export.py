@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import MODELS, NORM
+from conftest import MODELS, NORM, TEMPERATURES
 from fmnist_seq import quantization
 from fmnist_seq.checkpoint import checkpoint_sha256, load_checkpoint
 from fmnist_seq.classes import CLASS_NAMES
@@ -33,7 +33,7 @@ def _cfg(**changes) -> ExportConfig:
 
 def _gru(out) -> ModelToExport:
     """The fixture's GRU, as the export stage reads it."""
-    return ModelToExport.load("gru", out / "gru.pt")
+    return ModelToExport.load("gru", out / "gru.pt", temperature=TEMPERATURES["gru"])
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
@@ -73,6 +73,36 @@ def test_every_variant_exports_and_matches_pytorch(cell, head):
     logits, probabilities = session.run(None, {"pixels": pixels})
     np.testing.assert_allclose(logits, torch_logits(model, pixels), atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("file", ["rnn.onnx", "gru.onnx", "lstm.onnx", "rnn.int8.onnx", "lstm.int8.onnx"])
+def test_probabilities_are_softmax_of_logits_over_the_temperature(exported, file):
+    """The temperature is baked into every shipped graph, int8 included: probabilities = softmax(logits / T) on
+    any input, the logits unchanged (PyTorch's), and T in the file's metadata."""
+    out, _, _, _ = exported
+    name = file.split(".")[0]
+    if not (out / file).exists():
+        pytest.skip(f"{file} was dropped by the fixture's accuracy budget")
+    session = open_session(out / file, [CPU])
+    pixels = np.random.default_rng(7).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    logits, probabilities = run(session, pixels)
+    t = TEMPERATURES[name]
+    expected = torch.softmax(torch.from_numpy(logits).double() / t, dim=1).numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    assert np.abs(probabilities - torch.softmax(torch.from_numpy(logits), dim=1).numpy()).max() > 1e-3
+    assert (probabilities.argmax(1) == logits.argmax(1)).all()
+    meta = metadata(session)
+    assert meta["temperature"] == t and "logits / temperature" in meta["outputs"]["probabilities"]
+    if "int8" not in file:
+        np.testing.assert_allclose(logits, torch_logits(load_checkpoint(out / f"{name}.pt").model, pixels), atol=1e-4)
+
+
+def test_the_export_reports_each_files_calibration_on_test(exported):
+    _, figures, _, _ = exported
+    for name in ("rnn", "gru", "lstm"):
+        f = figures[name]
+        assert f["temperature"] == TEMPERATURES[name] and 0 <= f["test_ece"] <= 1 and f["test_nll"] > 0
+        assert 0 <= f["int8"]["test_ece"] <= 1 and f["int8"]["valid_nll"] > 0
 
 
 def test_input_contract_is_uint8_pixels(exported):

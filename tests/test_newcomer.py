@@ -13,7 +13,7 @@ from conftest import ROOT, VENV_BIN, run
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("download", "prepare", "train_rnn", "train_gru", "evaluate", "export")
+STAGES = ("download", "prepare", "train_rnn", "train_gru", "calibrate", "evaluate", "export")
 
 
 def newcomer_env() -> dict[str, str]:

@@ -14,7 +14,8 @@ from fmnist_seq.data import RAW_FILES
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("download", "prepare", "train_rnn", "train_gru", "train_teacher", "train_lstm", "evaluate", "export")
+STAGES = ("download", "prepare", "train_rnn", "train_gru", "train_teacher", "train_lstm", "calibrate", "evaluate",
+          "export")
 MODELS = ("rnn", "gru", "lstm")
 # Words that name a measurement of the machine: none may appear in a declared metric.
 TIMING = re.compile(r"seconds|_s$|per_s|latency|gflops|speedup|threads|elapsed")
@@ -42,7 +43,10 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
                  "results/data/examples.png", "results/train/lstm/plots/images/learning_curve.png",
                  "results/train/gru/plots/images/learning_curve.png",
                  "results/evaluate/confusion_gru.png", "results/evaluate/per_class_accuracy.png",
-                 "results/evaluate/misclassified_rnn.png", "results/evaluate/summary.md"):
+                 "results/evaluate/misclassified_rnn.png", "results/evaluate/summary.md",
+                 "results/evaluate/calibration/reliability_lstm.png", "results/evaluate/calibration/risk_coverage.png",
+                 "results/evaluate/calibration/reliability_gru_uncalibrated.csv",
+                 "results/evaluate/calibration/risk_coverage_rnn.csv"):
         assert (project / path).is_file(), path
     # Timings live in their own files, beside the metrics; the GRU trained with two workers, the RNN with one.
     gru_timings = json.loads((project / "results/train/gru/timings.json").read_text())
@@ -53,7 +57,24 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
 
     metrics = json.loads((project / "results/evaluate/metrics.json").read_text())
     per_class = json.loads((project / "results/evaluate/per_class.json").read_text())
-    assert set(metrics) == set(MODELS)  # the teacher only teaches: never evaluated or exported
+    assert set(metrics) == {*MODELS, "comparisons"}  # the teacher only teaches: never evaluated or exported
+    assert len(metrics["comparisons"]) == 3  # each pair once, the more accurate first: "lstm_vs_gru"
+    assert all(0 < c["p_value"] <= 1 for c in metrics["comparisons"].values())
+    # The calibrate stage fitted a temperature per model on the validation split; evaluate and export used it.
+    calibrated = json.loads((project / "results/calibrate/metrics.json").read_text())
+    exported = json.loads((project / "results/export/metrics.json").read_text())
+    thresholds = json.loads((project / "results/evaluate/thresholds.json").read_text())
+    for model in MODELS:
+        t = calibrated[model]["temperature"]
+        assert 0.05 < t < 20 and metrics[model]["temperature"] == t == exported[model]["temperature"]
+        meta = ort.InferenceSession(str(project / f"models/onnx/{model}.onnx")).get_modelmeta().custom_metadata_map
+        assert json.loads(meta["temperature"]) == t
+        assert calibrated[model]["valid_nll_calibrated"] <= calibrated[model]["valid_nll"]
+        assert metrics[model]["test_accuracy_low"] <= metrics[model]["test_accuracy"] <= metrics[model]["test_accuracy_high"]
+        for key in ("ece", "nll", "brier"):
+            assert 0 <= metrics[model][f"test_{key}"] and 0 <= metrics[model][f"test_{key}_calibrated"]
+        assert set(thresholds[model]) == {"0.95", "0.98", "0.99"}
+        assert {"threshold", "valid_coverage", "test_coverage", "test_accuracy"} <= set(thresholds[model]["0.95"])
     assert "distilling from a cnn teacher" in first.stdout
     for model in MODELS:
         m = metrics[model]
@@ -79,8 +100,8 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
 
     shown = json.loads(dvc("metrics", "show", "--json", cwd=project).stdout)
     declared = {path: data["data"] for path, data in shown[""]["data"].items()}
-    assert set(declared) == {"results/data/metrics.json", "results/evaluate/metrics.json",
-                             "results/export/metrics.json"}
+    assert set(declared) == {"results/data/metrics.json", "results/calibrate/metrics.json",
+                             "results/evaluate/metrics.json", "results/export/metrics.json"}
     keys = [f"{path}:{key}" for path, data in declared.items() for key in flat_keys(data)]
     assert "results/evaluate/metrics.json:gru.test_accuracy" in keys
     assert not [key for key in keys if TIMING.search(key)], "declared metrics hold results only, no timings"
@@ -93,6 +114,11 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
     confusion = json.dumps(plots["results/evaluate/gru_predictions.csv"])
     assert "Ankle boot" in confusion and "confusion" in confusion.lower()
     assert "results/train/gru/plots/images/learning_curve.png" in plots
+    # The calibration plots, drawn by DVC's own templates from the evaluate stage's data files, and its PNGs.
+    for title, series in (("Reliability LSTM", "reliability_lstm_uncalibrated.csv"),
+                          ("Risk-coverage", "risk_coverage_gru.csv"), ("Images per confidence bin", "reliability_rnn.csv")):
+        assert f'"filename": "{series}"' in json.dumps(plots[title]), title
+    assert "results/evaluate/calibration/reliability_gru.png" in plots
     commit(project, "baseline")  # what `dvc metrics diff` compares against
 
     # Same params, same seed, same machine: a forced rerun of every stage changes no metric at all.
@@ -102,13 +128,23 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
     assert json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout) == {}
     commit(project, "forced rerun")
 
+    # Other target accuracies change the thresholds only: the temperatures, so the exported files, stay.
+    write_params(project, {"calibrate": {"target_accuracies": [0.9]}})
+    assert ran(dvc("repro", cwd=project)) == {"calibrate", "evaluate"}
+    assert set(json.loads((project / "results/evaluate/thresholds.json").read_text())["gru"]) == {"0.9"}
+    # Calibration off: temperature 1, and the exported files change with it.
+    write_params(project, {"calibrate": {"fit": False}})
+    assert ran(dvc("repro", cwd=project)) == {"calibrate", "evaluate", "export"}
+    assert json.loads((project / "results/export/metrics.json").read_text())["gru"]["temperature"] == 1.0
+    commit(project, "calibration params")
+
     # Changing one model's parameter reruns that model's training, never the others'.
     write_params(project, {"train_gru": {"lr": 0.02}})
     status = dvc("status", "--json", cwd=project)
     changed = set(json.loads(status.stdout))
     assert "train_gru" in changed and not {"train_rnn", "train_teacher", "train_lstm"} & changed
     third = dvc("repro", cwd=project)
-    assert ran(third) == {"train_gru", "evaluate", "export"}
+    assert ran(third) == {"train_gru", "calibrate", "evaluate", "export"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
     evaluated = diff["results/evaluate/metrics.json"]
     assert "gru.test_accuracy" in evaluated or "gru.test_loss" in evaluated
@@ -119,7 +155,7 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
     # The new model's block: its own training and the two stages that read every model, nothing else.
     write_params(project, {"train_lstm": {"distill": {"alpha": 0.3}}})
     fourth = dvc("repro", cwd=project)
-    assert ran(fourth) == {"train_lstm", "evaluate", "export"}
+    assert ran(fourth) == {"train_lstm", "calibrate", "evaluate", "export"}
     evaluated = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)["results/evaluate/metrics.json"]
     assert not any(k.startswith(("rnn.", "gru.")) for k in evaluated), evaluated
 

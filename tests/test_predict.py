@@ -57,6 +57,37 @@ def test_predict_command_text_json_and_bad_files(exported, tmp_path, capsys):
     assert text.err.count("missing.png") == 1 and "file not found" in text.err
 
 
+def test_min_confidence_answers_unsure_below_it_in_text_and_json(exported, tmp_path, capsys):
+    out, _, pixels, _ = exported
+    files = [_save(tmp_path / f"{i}.png", pixels[i]) for i in range(12)]
+    assert predict_main([str(out / "lstm.onnx"), *files, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert [r["answer"] for r in plain] == [r["top"][0]["class"] for r in plain]  # no threshold: always an answer
+    tops = sorted(r["top"][0]["probability"] for r in plain)
+    threshold = (tops[5] + tops[6]) / 2  # half the images below it
+    assert predict_main([str(out / "lstm.onnx"), *files, "--json", "--min-confidence", str(threshold)]) == 0
+    gated = json.loads(capsys.readouterr().out)
+    for before, after in zip(plain, gated):
+        sure = before["top"][0]["probability"] >= threshold
+        assert after["answer"] == (before["top"][0]["class"] if sure else "unsure") and after["top"] == before["top"]
+    assert sum(r["answer"] == "unsure" for r in gated) == 6
+    assert predict_main([str(out / "lstm.onnx"), *files, "--min-confidence", str(threshold)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith(f"{f}: unsure (below {threshold:g}): ") for f, line in zip(files, lines)) == 6
+    assert predict_main([str(out / "lstm.onnx"), files[0], "--min-confidence", "1"]) == 0  # 1: never sure
+    assert ": unsure (below 1): " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "high"])
+def test_min_confidence_outside_0_to_1_is_one_line(exported, tmp_path, capsys, value):
+    out, _, pixels, _ = exported
+    png = _save(tmp_path / "item.png", pixels[0])
+    assert predict_main([str(out / "gru.onnx"), png, f"--min-confidence={value}"]) == 2
+    text = capsys.readouterr()
+    assert text.out == "" and text.err == (f"fmnist-predict: error: --min-confidence must be a probability from 0 to 1, "
+                                           f"got {value!r}\n")
+
+
 @pytest.mark.parametrize("model", ["lstm.onnx", "gru.onnx", "rnn.onnx", "rnn.int8.onnx"])
 def test_an_answer_does_not_depend_on_the_other_files(exported, tmp_path, capsys, model):
     """The same image alone and among 50 others gets exactly the same probabilities; the int8 model scales

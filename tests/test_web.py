@@ -455,3 +455,26 @@ def test_the_page_offers_the_most_accurate_model_first(page):
     options = page.tab.eval_on_selector_all("#model-select option:not([data-local])",
                                             "options => options.map(o => o.value)")
     assert [o.rsplit("/", 1)[-1] for o in options] == ["lstm.onnx", "gru.onnx", "rnn.onnx"]
+
+
+@browser_only
+def test_page_marks_answers_below_the_threshold_the_user_sets(page):
+    """The calibrated confidence is shown, and an answer below the threshold box is marked unsure; changing the
+    box judges the last answer again without running the model."""
+    page.ensure_model("lstm")
+    assert "probabilities calibrated with temperature 0.600" in page.tab.inner_text("#model-status")  # the fixture's T
+    page.tab.fill("#min-confidence", "1")
+    result = page.submit(lambda: page.tab.locator("#sample-list button").nth(0).click())
+    names = json.loads((page.site / "models/onnx/samples.json").read_text())["class_names"]
+    best = names[result["predicted"]]
+    confidence = f"{100 * result['probabilities'].max():.1f}%"
+    assert page.tab.get_attribute("#result", "data-answer") == "unsure"
+    assert page.tab.inner_text("#verdict") == (f"Unsure: the best guess, {best}, has a calibrated confidence of "
+                                               f"{confidence}, below 1.")
+    count = page.tab.get_attribute("#result", "data-count")
+    page.tab.fill("#min-confidence", "0")
+    assert page.tab.get_attribute("#result", "data-answer") == best and page.tab.get_attribute("#result", "data-count") == count
+    assert page.tab.inner_text("#verdict") == f"{best}, calibrated confidence {confidence}."
+    page.tab.fill("#min-confidence", "1.5")
+    assert page.tab.inner_text("#verdict") == "The threshold must be a probability from 0 to 1."
+    page.tab.fill("#min-confidence", "0.9")

@@ -1,5 +1,5 @@
-// The page: pick a model, give it an image (a file, a drawing or a shipped test image), show what it sees
-// and its top 3 classes. Every input goes through preprocess.mjs; each step's failure is shown in the page
+// The page: pick a model, give it an image (a file, a drawing or a shipped test image), show what it sees,
+// its top 3 classes with their calibrated probabilities, and "unsure" where the top one is below the threshold. Every input goes through preprocess.mjs; each step's failure is shown in the page
 // and the next input is handled as usual.
 import { classify, loadModel } from "./classifier.mjs";
 import { SIZE, checkSize, toPixels } from "./preprocess.mjs";
@@ -10,11 +10,13 @@ const ui = {
   imageFile: $("image-file"), dropZone: $("drop-zone"), darkOnLight: $("dark-on-light"),
   sketch: $("sketch"), clear: $("clear"), samples: $("sample-list"), samplesNote: $("samples-note"),
   result: $("result"), modelInput: $("model-input"), source: $("source"), top: $("top"), error: $("error"),
+  verdict: $("verdict"), minConfidence: $("min-confidence"),
 };
 const SAMPLES_URL = new URL("../../models/onnx/samples.json", document.baseURI);
 
 let model = null; // the model in use; a model that fails to load leaves it in place
 let lastInput = null; // re-run when the model or the dark-on-light box changes
+let lastTop = null; // judged again when the threshold changes
 let queue = Promise.resolve(); // one task at a time, in the order the user asked
 
 function enqueue(task) {
@@ -46,7 +48,9 @@ async function useModel(bytesPromise, label) {
   } finally {
     ui.modelStatus.textContent = model
       ? `Model: ${model.label} (${model.metadata.model_name ?? "?"}, ${model.classNames.length} classes; ` +
-        `input ${model.inputName} uint8 [1, ${model.rows}, ${model.columns}], ${model.polarity || "polarity not stated"})`
+        `input ${model.inputName} uint8 [1, ${model.rows}, ${model.columns}], ${model.polarity || "polarity not stated"}; ` +
+        (model.temperature === null ? "probabilities not calibrated: no temperature in the file)"
+          : `probabilities calibrated with temperature ${model.temperature.toFixed(3)})`)
       : "No model loaded.";
     ui.result.dataset.model = model ? model.label : "";
   }
@@ -162,6 +166,8 @@ async function run(input) {
   const { probabilities, top } = await classify(model, pixels);
   clearError();
   render(pixels, source, top);
+  lastTop = top;
+  judge(top);
   ui.result.dataset.pixels = btoa(String.fromCharCode(...pixels));
   ui.result.dataset.probabilities = JSON.stringify(Array.from(probabilities));
   ui.result.dataset.predicted = String(top[0].index);
@@ -194,6 +200,30 @@ function render(pixels, source, top) {
     return row;
   }));
 }
+
+/** The threshold in the box, or null (and the box marked invalid) when it is not a number from 0 to 1. */
+function threshold() {
+  const value = ui.minConfidence.valueAsNumber;
+  const valid = value >= 0 && value <= 1;
+  ui.minConfidence.setCustomValidity(valid ? "" : "a probability from 0 to 1");
+  return valid ? value : null;
+}
+
+/** The answer, or "unsure" where the top class's calibrated probability is below the threshold. */
+function judge(top) {
+  const min = threshold();
+  const confidence = `${(100 * top[0].probability).toFixed(1)}%`;
+  const unsure = min !== null && top[0].probability < min;
+  ui.verdict.textContent = min === null ? "The threshold must be a probability from 0 to 1."
+    : unsure ? `Unsure: the best guess, ${top[0].name}, has a calibrated confidence of ${confidence}, below ${min}.`
+    : `${top[0].name}, calibrated confidence ${confidence}.`;
+  ui.verdict.classList.toggle("unsure", unsure);
+  ui.top.classList.toggle("unsure", unsure);
+  ui.result.dataset.answer = unsure ? "unsure" : top[0].name;
+  ui.result.dataset.threshold = min === null ? "" : String(min);
+}
+
+ui.minConfidence.addEventListener("input", () => { if (lastTop) judge(lastTop); });
 
 function classifyFile(file) {
   if (file) enqueue(() => run({ kind: "file", file }));

@@ -52,13 +52,15 @@ export function contractOf(metadata, label) {
     throw new Error(`${label}: the page needs a uint8 input [batch, rows, columns]; the model takes ` +
                     `${JSON.stringify(input)}`);
   }
+  // Optional: files exported before calibration have none, and their probabilities are softmax(logits).
+  const temperature = "temperature" in metadata ? jsonField(metadata, "temperature", label) : null;
   return { classNames, inputName: input.name ?? "pixels", rows: shape[1], columns: shape[2],
-           polarity: input.polarity ?? "" };
+           polarity: input.polarity ?? "", temperature: typeof temperature === "number" ? temperature : null };
 }
 
 /**
  * Load a model from its bytes; `label` names it in messages (a file name or URL).
- * @returns {Promise<{label, session, metadata, classNames, inputName, rows, columns, polarity}>}
+ * @returns {Promise<{label, session, metadata, classNames, inputName, rows, columns, polarity, temperature}>}
  */
 export async function loadModel(bytes, label) {
   const metadata = (() => {

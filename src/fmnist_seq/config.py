@@ -176,6 +176,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CalibrateConfig:
+    """Temperature scaling (calibration.py), fitted on the validation split, and the thresholds docs/export.md lists."""
+
+    fit: bool = True  # false: temperature 1, the exported probabilities are softmax(logits) as before
+    # The accuracies an app may ask of its answered images: per model, the lowest threshold on the calibrated top
+    # probability that reaches each on the validation split (its test figures are reported beside it).
+    target_accuracies: list[float] = _spec([0.95, 0.98, 0.99], nonempty=True)
+
+    def check(self, where: str) -> None:
+        for i, target in enumerate(self.target_accuracies):
+            if not 0 < target <= 1:
+                raise ParamsError(f"params.yaml: {where}.target_accuracies[{i}] = {target} is out of range: must be "
+                                  "> 0 and <= 1 (an accuracy)")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     models: list[ModelName] = _spec(nonempty=True)
     exporters: dict[str, Literal["dynamo", "legacy"]] = _spec(nonempty=True)

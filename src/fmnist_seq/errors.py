@@ -29,6 +29,11 @@ class InferenceError(PipelineError):
     """An ONNX model cannot be loaded or run (missing or broken file, an execution provider that did not start)."""
 
 
+class CalibrationError(PipelineError):
+    """No trustworthy temperature can be fitted for a model (non-finite logits, one class, a temperature out of
+    range), or the fitted temperatures are missing."""
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT (Ctrl-C) or SIGTERM stopped a stage; `signal_name` says which. A KeyboardInterrupt, so that no
     `except Exception` on the way swallows it."""

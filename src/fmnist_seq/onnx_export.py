@@ -1,7 +1,7 @@
 """Turn a trained model into an ONNX file that other apps can trust: export, parity gate, metadata, write.
 
 The model already takes uint8 pixels and normalizes them itself; the exported graph only adds the
-probabilities. Nothing is written unless onnxruntime and PyTorch agree on both outputs for every test image.
+probabilities, softmax(logits / T) with the model's temperature fitted on the validation split. Nothing is written unless onnxruntime and PyTorch agree on both outputs for every test image.
 """
 
 from __future__ import annotations
@@ -25,18 +25,21 @@ from fmnist_seq.config import ExportConfig, ModelConfig
 from fmnist_seq.parity import (LabelledImages, accuracy, check_parity, onnx_logits, onnx_outputs, require_parity,
                                softmax_probabilities, torch_outputs)
 from fmnist_seq.runtime import CPU, CUDA, INPUT_NAME, OUTPUT_NAMES, active_provider, open_session
+from fmnist_seq.uncertainty import calibration_measures
 
 
 class WithProbabilities(nn.Module):
-    """uint8 pixels (batch, 28, 28) -> (logits, probabilities)."""
+    """uint8 pixels (batch, 28, 28) -> (logits, softmax(logits / temperature)); the temperature becomes a constant
+    of the graph."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model.eval()
+        self.temperature = temperature
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(pixels)
-        return logits, softmax_probabilities(logits)
+        return logits, softmax_probabilities(logits, self.temperature)
 
 
 def strip_debug_metadata(graph: onnx.GraphProto) -> None:
@@ -55,9 +58,9 @@ def strip_debug_metadata(graph: onnx.GraphProto) -> None:
                 strip_debug_metadata(subgraph)
 
 
-def export_model(model: nn.Module, exporter: str, opset: int) -> onnx.ModelProto:
-    """The ONNX graph of `model` with probabilities added and a dynamic batch dimension."""
-    wrapper = WithProbabilities(model)
+def export_model(model: nn.Module, exporter: str, opset: int, temperature: float = 1.0) -> onnx.ModelProto:
+    """The ONNX graph of `model` with probabilities (at `temperature`) added and a dynamic batch dimension."""
+    wrapper = WithProbabilities(model, temperature)
     example = torch.randint(0, 256, (4, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
     # The exporters print progress and warn about their internals; keep the stage log readable.
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
@@ -81,16 +84,20 @@ def export_model(model: nn.Module, exporter: str, opset: int) -> onnx.ModelProto
 
 @dataclass(frozen=True)
 class ModelToExport:
-    """A trained model to export: its name (export.models, train_<name>), its checkpoint and the file's hash."""
+    """A trained model to export: its name (export.models, train_<name>), its checkpoint, the file's hash, and the
+    temperature its probabilities are divided by (the calibrate stage's; 1 leaves softmax(logits))."""
 
     name: str
     checkpoint: Checkpoint
     checkpoint_sha256: str
+    temperature: float = 1.0
 
     @classmethod
-    def load(cls, name: str, path: str | Path, expected: ModelConfig | None = None) -> ModelToExport:
+    def load(cls, name: str, path: str | Path, expected: ModelConfig | None = None,
+             temperature: float = 1.0) -> ModelToExport:
         """Read `path`, checked against the model block it must have been trained with (`expected`)."""
-        return cls(name=name, checkpoint=load_checkpoint(path, expected), checkpoint_sha256=checkpoint_sha256(path))
+        return cls(name=name, checkpoint=load_checkpoint(path, expected), checkpoint_sha256=checkpoint_sha256(path),
+                   temperature=temperature)
 
 
 def model_metadata(model: ModelToExport, test_accuracy: float, exporter: str, opset: int) -> dict[str, str]:
@@ -108,7 +115,9 @@ def model_metadata(model: ModelToExport, test_accuracy: float, exporter: str, op
                   "polarity": "light item on a dark background (0 = background), as in Fashion-MNIST",
                   "layout": "row-major: pixels[b, row, column]"},
         "outputs": {"logits": f"float32 [batch, {NUM_CLASSES}], unnormalized class scores",
-                    "probabilities": f"float32 [batch, {NUM_CLASSES}], softmax of logits"},
+                    "probabilities": f"float32 [batch, {NUM_CLASSES}], softmax(logits / temperature): calibrated"},
+        # Fitted on the validation split (minimum NLL): a top probability of 0.9 is right about 90% of the time.
+        "temperature": model.temperature,
         "normalization": {"mean": mean, "std": std, "formula": "(pixels / 255 - mean) / std, applied inside the graph"},
         "model_params": ckpt.train_params,
         "selected_epoch": ckpt.selected_epoch,
@@ -143,14 +152,18 @@ def export_checkpoint(model: ModelToExport, test: LabelledImages, cfg: ExportCon
     """Export `model`, check it against PyTorch on `test` with the CPU provider, then write
     `<out_dir>/<name>.onnx`."""
     name, torch_model = model.name, model.checkpoint.model
-    exported = export_model(torch_model, cfg.exporters[name], cfg.opset)
+    exported = export_model(torch_model, cfg.exporters[name], cfg.opset, model.temperature)
     cpu = open_session(exported.SerializeToString(), [CPU])
-    parity = check_parity(torch_outputs(torch_model, test.pixels), onnx_outputs(cpu, test.pixels), test.labels)
+    shipped = onnx_outputs(cpu, test.pixels)
+    parity = check_parity(torch_outputs(torch_model, test.pixels, temperature=model.temperature), shipped, test.labels)
     require_parity(name, parity, test.split, cfg.max_logit_diff, cfg.max_probability_diff)
     final = with_metadata(exported, model_metadata(model, parity.onnx_accuracy, cfg.exporters[name], cfg.opset))
     figures: dict[str, Any] = {"max_logit_diff": parity.max_logit_diff,
                                "max_probability_diff": parity.max_probability_diff,
-                               "mismatched_predictions": parity.mismatched_predictions}
+                               "mismatched_predictions": parity.mismatched_predictions,
+                               "temperature": model.temperature,
+                               **{f"{test.split}_{key}": value for key, value in
+                                  calibration_measures(shipped.probabilities, test.labels).items() if key != "brier"}}
     ran = [CPU]
     if providers[0] == CUDA:  # before writing, so that a required CUDA provider that fails leaves no file
         cuda = open_session(final.SerializeToString(), providers, require=cfg.provider == "cuda")
@@ -164,5 +177,6 @@ def export_checkpoint(model: ModelToExport, test: LabelledImages, cfg: ExportCon
     write_bytes(path, final.SerializeToString())
     figures["file_bytes"] = path.stat().st_size
     log(f"{name}: {path} ({figures['file_bytes'] / 1e6:.2f} MB), max |logit diff| {parity.max_logit_diff:.2e}, "
-        f"max |probability diff| {parity.max_probability_diff:.2e}, test accuracy {parity.onnx_accuracy:.4f}")
+        f"max |probability diff| {parity.max_probability_diff:.2e}, test accuracy {parity.onnx_accuracy:.4f}, "
+        f"temperature {model.temperature:.4f}, test calibration error {100 * figures[f'{test.split}_ece']:.2f}%")
     return ExportedModel(proto=final, path=path, test_accuracy=parity.onnx_accuracy, figures=figures, providers=ran)

@@ -37,7 +37,7 @@ class Outputs:
     """Both outputs of the exported graph for the same images, in its order: what apps read."""
 
     logits: np.ndarray  # (N, classes)
-    probabilities: np.ndarray  # (N, classes), softmax of logits
+    probabilities: np.ndarray  # (N, classes), softmax(logits / temperature)
 
 
 @dataclass(frozen=True)
@@ -88,18 +88,20 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean())
 
 
-def softmax_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """The probabilities output: the exported graph adds it to the model's logits, and PyTorch's reference too."""
-    return torch.softmax(logits, dim=1)
+def softmax_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The probabilities output, softmax(logits / temperature): the exported graph adds it to the model's logits
+    with the model's fitted temperature (calibration.py), and PyTorch's reference too."""
+    return torch.softmax(logits / temperature, dim=1)
 
 
 def torch_logits(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = BATCH) -> np.ndarray:
     return predict_logits(model, torch.from_numpy(pixels), batch_size).numpy()
 
 
-def torch_outputs(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = BATCH) -> Outputs:
+def torch_outputs(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = BATCH,
+                  temperature: float = 1.0) -> Outputs:
     logits = torch_logits(model, pixels, batch_size)
-    return Outputs(logits=logits, probabilities=softmax_probabilities(torch.from_numpy(logits)).numpy())
+    return Outputs(logits=logits, probabilities=softmax_probabilities(torch.from_numpy(logits), temperature).numpy())
 
 
 def onnx_outputs(session: Any, pixels: np.ndarray, batch_size: int = BATCH) -> Outputs:

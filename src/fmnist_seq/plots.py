@@ -101,3 +101,45 @@ def per_class_accuracy(accuracies: dict[str, Sequence[float]]) -> Figure:
     ax.set_title("Per-class test accuracy")
     fig.tight_layout()
     return fig
+
+
+def reliability_diagram(states: dict[str, Sequence], title: str) -> Figure:
+    """Accuracy against mean confidence per bin for each state of a model (e.g. before and after calibration),
+    the diagonal a perfectly calibrated model lies on, and below it the images in each bin.
+
+    `states` maps a label to that state's bins (objects with low, high, count, confidence, accuracy).
+    """
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, height_ratios=(3, 1), layout="constrained")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+    width = 1 / max(len(b) for b in states.values()) / (len(states) + 1)
+    for i, (label, bins) in enumerate(states.items()):
+        filled = [b for b in bins if b.count]
+        ax.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o-", label=label)
+        ax_count.bar([b.low + (i + 0.5) * width for b in bins], [b.count for b in bins], width, label=label)
+    ax.set_ylabel("accuracy of the bin's images")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title)
+    ax_count.set_yscale("log")
+    ax_count.set_xlabel("top probability (mean of the bin's images)")
+    ax_count.set_ylabel("images per bin")
+    ax_count.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def risk_coverage_curves(curves: dict[str, Sequence[dict]], title: str) -> Figure:
+    """Accuracy of the answered images against the share answered, one curve per model (rows of coverage and
+    accuracy, from the most confident image to all of them)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, rows in curves.items():
+        ax.plot([100 * r["coverage"] for r in rows], [100 * r["accuracy"] for r in rows], label=label)
+    ax.set_xlabel("images answered (%), the most confident first")
+    ax.set_ylabel("accuracy of the answered images (%)")
+    ax.set_xlim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -17,8 +17,9 @@ from typing import Any
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from fmnist_seq.parity import LabelledImages, accuracy, onnx_logits
+from fmnist_seq.parity import LabelledImages, accuracy, onnx_logits, onnx_outputs
 from fmnist_seq.runtime import CPU, open_session
+from fmnist_seq.uncertainty import calibration_measures
 
 CAVEAT = ("int8 dynamic: weights int8, activations scaled per call over the whole batch, so a prediction can "
           "depend on the other images in the batch; test_accuracy is the worse of batch 1 and batch 1000")
@@ -63,11 +64,15 @@ class Int8Variant:
 
 def _scored(fp32: Any, int8: Any, images: LabelledImages) -> dict[str, float]:
     """The int8 model's accuracy on `images` at one image per call and at 1000, the worse of the two (the one that
-    counts), and how far that falls below the fp32 model's (which does not depend on the batch)."""
-    by_batch = {size: accuracy(onnx_logits(int8, images.pixels, size), images.labels) for size in BATCH_SIZES}
+    counts), and how far that falls below the fp32 model's (which does not depend on the batch); its calibration
+    error and NLL (of the probabilities it ships, the fp32 file's temperature included), the worse of the two."""
+    outputs = {size: onnx_outputs(int8, images.pixels, size) for size in BATCH_SIZES}
+    by_batch = {size: accuracy(out.logits, images.labels) for size, out in outputs.items()}
+    measures = [calibration_measures(out.probabilities, images.labels) for out in outputs.values()]
     worst = min(by_batch.values())
     return {"accuracy": worst, **{f"accuracy_batch_{size}": by_batch[size] for size in BATCH_SIZES},
-            "accuracy_drop": accuracy(onnx_logits(fp32, images.pixels), images.labels) - worst}
+            "accuracy_drop": accuracy(onnx_logits(fp32, images.pixels), images.labels) - worst,
+            "ece": max(m["ece"] for m in measures), "nll": max(m["nll"] for m in measures)}
 
 
 def quantize_checked(fp32: onnx.ModelProto, valid: LabelledImages, test: LabelledImages,
