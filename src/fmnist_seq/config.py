@@ -135,6 +135,10 @@ class TrainConfig:
     patience: int = _spec(3, ge=0)  # 0 turns early stopping off
     grad_clip: float = _spec(0.0, ge=0)  # 0 turns clipping off
     label_smoothing: float = _spec(0.0, ge=0, lt=1)
+    # The training step's arithmetic (precision.py): fp32, or bf16 autocast of the forward pass with fp32 weights,
+    # optimizer state and loss. Validation, selection and export stay fp32 either way. A recipe key: it changes
+    # the numbers, so it is in the run key and a study's identity.
+    precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = _spec("auto", role=PLACEMENT)
     # Data-parallel training processes: auto = one per physical core (within the CPU quota) on the CPU, one per
     # GPU on CUDA, never more than batch_size.
