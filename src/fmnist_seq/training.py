@@ -29,6 +29,7 @@ from fmnist_seq.distributed import (Worker, all_gather_objects, all_reduce_sum, 
                                     broadcast_object, gather_chunks, shard)
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.models import Classifier, build_model, predict_logits
+from fmnist_seq.precision import autocast
 from fmnist_seq.snapshot import Snapshots
 
 VALID_BATCH = 1024
@@ -148,13 +149,18 @@ class Step:
     criterion: nn.Module
     grad_clip: float
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    precision: str = "fp32"  # the forward pass's arithmetic (precision.py); weights and optimizer stay fp32
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0,
                  teacher: torch.Tensor | None = None) -> torch.Tensor:
         """Train on (x, y), and on the teacher's softened probabilities of x when given; `weight` scales this
         worker's loss so that averaging over workers gives the mean over the whole global batch (1.0 whenever
-        the shards are equal). Returns the logits."""
-        logits = self.model(x)
+        the shards are equal). Returns the logits, in fp32."""
+        with autocast(self.precision, x.device):
+            logits = self.model(x)
+        # The loss, its softmax and the teacher's term in fp32 whatever the forward ran in: bf16's 8-bit mantissa
+        # would round the small log-probabilities that label smoothing and the KL term sum. A no-op in fp32.
+        logits = logits.float()
         loss = self.criterion(logits, y)
         if teacher is not None:
             t, alpha = self.distill.temperature, self.distill.alpha
@@ -162,6 +168,7 @@ class Step:
             soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), teacher, reduction="batchmean")
             loss = (1 - alpha) * loss + alpha * t * t * soft
         self.optimizer.zero_grad(set_to_none=True)
+        # Outside autocast, as PyTorch recommends: each op's backward runs in the dtype its forward ran in.
         (loss if weight == 1.0 else loss * weight).backward()
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -181,7 +188,7 @@ def make_step(cfg: TrainConfig, model: Classifier, worker: Worker, steps_per_epo
     optimizer = make_optimizer(cfg, model)
     return Step(model=trained, optimizer=optimizer, scheduler=make_scheduler(cfg, optimizer, steps_per_epoch),
                 criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), grad_clip=cfg.grad_clip,
-                distill=cfg.distill)
+                distill=cfg.distill, precision=cfg.precision)
 
 
 def validate(model: Classifier, split: Split, worker: Worker) -> tuple[float, float]:
