@@ -27,6 +27,12 @@ class Checkpoint:
     train_params: dict[str, Any]  # the whole train_<model> block it was trained with
     history: list[dict[str, float]]  # per epoch: losses, accuracies, mean_lr (no timings: see timings.json)
 
+    @property
+    def precision(self) -> str:
+        """The training step's precision (fp32, bf16); a checkpoint from before the setting trained in fp32.
+        The weights themselves are fp32 either way."""
+        return str(self.train_params.get("precision", "fp32"))
+
 
 def save_checkpoint(path: str | Path, model: Classifier, train_params: dict[str, Any], selected_epoch: int,
                     valid: dict[str, float], history: list[dict[str, float]]) -> None:

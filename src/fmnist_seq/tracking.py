@@ -40,9 +40,13 @@ def log_result(live: Live, result: TrainResult, title: str) -> None:
     live.log_image("learning_curve.png", learning_curve(history, result.selected_epoch, title))
 
 
-def write_timings(path: str | Path, result: TrainResult, worker: Worker, threads: int) -> None:
+def write_timings(path: str | Path, result: TrainResult, worker: Worker, threads: int, precision: str,
+                  native_bf16: bool) -> None:
+    """`precision` and `native_bf16` (precision.py) say what the images/s are of: a bf16 run on a device without
+    native bf16 is emulated, and its rate is no measure of bf16 on a device with it."""
     timings: dict[str, Any] = {
         "device": str(worker.device), "workers": worker.world_size, "threads_per_worker": threads,
+        "precision": precision, "native_bf16": native_bf16,
         "train_seconds": round(result.history[-1].elapsed_s, 1),
         "images_per_s": round(sum(r.images_per_s for r in result.history) / len(result.history), 1),
         "epochs": [{"epoch": r.epoch, "elapsed_s": round(r.elapsed_s, 1), "images_per_s": round(r.images_per_s, 1)}

@@ -17,6 +17,7 @@ from fmnist_seq.config import TrainConfig, as_dict, load_block, training_seed
 from fmnist_seq.data import STATS_FILE, load_normalization, load_split
 from fmnist_seq.distributed import join, launch, resolve_device, resolve_workers
 from fmnist_seq.errors import ParamsError, TrainingError
+from fmnist_seq.precision import check_precision, native_bf16
 from fmnist_seq.snapshot import RunKey, Snapshots, declared_code, snapshot_folder
 from fmnist_seq.tracking import log_epoch, log_result, open_live, write_timings
 from fmnist_seq.training import TrainingJob, fit
@@ -85,7 +86,9 @@ def train_worker(files: StageFiles, group_owner: bool) -> None:
             fit(job, snapshots=snapshots)
             return
         print(f"{files.stage}: {len(job.train)} train / {len(job.valid)} valid images, {worker.world_size} "
-              f"worker(s) on {worker.device} with {torch.get_num_threads()} thread(s) each, {cfg.model}")
+              f"worker(s) on {worker.device} with {torch.get_num_threads()} thread(s) each, {cfg.precision}, "
+              f"{cfg.model}")
+        check_precision(files.stage, cfg.precision, worker.device)  # rank 0 only: one line per run, not per worker
         with contextlib.nullcontext() if group_owner else snapshots.held():
             with open_live(files.live_dir) as live:
                 result = fit(job, on_epoch=lambda record: log_epoch(live, record), snapshots=snapshots)
@@ -93,7 +96,8 @@ def train_worker(files: StageFiles, group_owner: bool) -> None:
             save_checkpoint(files.checkpoint, result.model, as_dict(cfg), result.selected_epoch,
                             {"loss": result.selected.valid_loss, "accuracy": result.selected.valid_accuracy},
                             [r.results() for r in result.history])
-            write_timings(files.timings, result, worker, torch.get_num_threads())
+            write_timings(files.timings, result, worker, torch.get_num_threads(), cfg.precision,
+                          native_bf16(worker.device))
             if not group_owner:
                 snapshots.remove()
         print(f"{files.stage}: selected epoch {result.selected_epoch} (valid loss {result.selected.valid_loss:.4f}, "
