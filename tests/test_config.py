@@ -54,6 +54,8 @@ def _train(**changes):
     ({"workers": 4, "batch_size": 3}, "train_gru.workers = 4 is out of range: must be <= train_gru.batch_size (3)"),
     ({"model__head": "attention"}, "train_gru.model.head = 'attention' is not valid: expected one of 'all_steps'"),
     ({"model__dropout": -0.1}, "train_gru.model.dropout = -0.1 is out of range: must be >= 0 and < 1"),
+    ({"precision": "fp16"}, "train_gru.precision = 'fp16' is not valid: expected one of 'fp32', 'bf16'"),
+    ({"precision": "bfloat16"}, "train_gru.precision = 'bfloat16' is not valid: expected one of 'fp32', 'bf16'"),
 ])
 def test_bad_train_values_name_key_value_and_rule(changes, fragment):
     with pytest.raises(ParamsError) as err:

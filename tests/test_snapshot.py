@@ -134,6 +134,23 @@ def test_another_runs_snapshot_is_not_resumed_and_says_why(tmp_path, change, rea
     assert stale.path.exists() and fresh.path.exists()  # the killed run's stays, for its own rerun to resume
 
 
+def test_a_bf16_snapshot_is_not_resumed_by_an_fp32_run(tmp_path):
+    """precision changes the numbers: it is in the run key, so an fp32 run starts afresh beside a bf16 one's
+    snapshot (and the other way round) instead of continuing weights trained in another arithmetic."""
+    bf16 = replace(CFG, precision="bf16")
+    assert run_key(tmp_path, bf16).params["precision"] == "bf16"
+    assert run_key(tmp_path, bf16).digest != run_key(tmp_path, CFG).digest
+    stale = Snapshots(run_key(tmp_path, bf16), tmp_path / "snapshots", log=lambda _: None)
+    with pytest.raises(Killed):
+        train(stale, kill_in_epoch=3, cfg=bf16)
+    lines: list[str] = []
+    fresh = Snapshots(run_key(tmp_path, CFG), tmp_path / "snapshots", log=lines.append)
+    result, seen = train(fresh)
+    assert seen == [1, 2, 3, 4]  # from the start
+    assert_same_run(result, train()[0])
+    assert len(lines) == 1 and f"not resuming {stale.path}: train_gru.precision: 'bf16' -> 'fp32'" in lines[0], lines
+
+
 def test_changed_code_is_named(tmp_path):
     key = run_key(tmp_path)
     (tmp_path / "code.py").write_text("other code")
