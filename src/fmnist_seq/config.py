@@ -419,6 +419,21 @@ def keys_with_role(cls: type, *roles: str, prefix: str = "") -> list[str]:
     return keys
 
 
+def default_values(cls: type, prefix: str = "") -> dict[str, Any]:
+    """The dotted keys of `cls` (nested configs included) that have a default, with it: what a block written
+    before a key existed meant by leaving it out (a key is added with the default that keeps the old numbers)."""
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            values.update(default_values(hints[f.name], prefix=f"{prefix}{f.name}."))
+        elif f.default is not dataclasses.MISSING:
+            values[f"{prefix}{f.name}"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f"{prefix}{f.name}"] = f.default_factory()
+    return values
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'model': {'cell': 'gru'}} -> {'model.cell': 'gru'}."""
     flat: dict[str, Any] = {}

@@ -28,7 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_seq import interrupts
 from fmnist_seq.checkpoint import load_checkpoint
-from fmnist_seq.config import PER_RUN, PLACEMENT, TrainConfig, build, changed_keys, keys_with_role
+from fmnist_seq.config import (PER_RUN, PLACEMENT, TrainConfig, build, changed_keys, default_values, flatten,
+                               keys_with_role)
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
@@ -229,7 +230,10 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: TuneConfig,
                          "valid_ratio changed, or the teacher was retrained?); its trials are not comparable with "
                          "new ones: name another study with --study")
     # The recipe, and the budget that every trial gets: the rest each trial sets itself (trial_settings).
-    changed = changed_keys(attrs.get(ATTR_BASE, {}), json.loads(json.dumps(base)), SEARCHABLE)
+    # A key left out of either block (the study's was recorded before `precision` existed) means its default.
+    defaults = default_values(TrainConfig)
+    changed = changed_keys({**defaults, **flatten(attrs.get(ATTR_BASE, {}))},
+                           {**defaults, **flatten(json.loads(json.dumps(base)))}, SEARCHABLE)
     if changed:
         raise StudyError(f"study {name!r} was started from another train_{model} block ({'; '.join(changed[:3])}): "
                          "its trials are not comparable with new ones: name another study with --study")

@@ -31,6 +31,7 @@ from fmnist_seq.config import MODEL_NAMES, TrainConfig, build, read_params
 from fmnist_seq.distributed import resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError
 from fmnist_seq.machine import usable_cpus
+from fmnist_seq.precision import check_precision
 from fmnist_seq.search_space import TuneConfig, build_tune
 from fmnist_seq.snapshot import file_sha256
 from fmnist_seq.study import (Objective, Prepared, StudyError, display_url, fail_stale_trials, load_prepared,
@@ -166,7 +167,11 @@ def plan(args: argparse.Namespace) -> tuple[Search, int]:
         raise ParamsError(f"params.yaml: missing block '{block}'")
     base = params[block]
     base_cfg = build(TrainConfig, base, block)  # the block itself must be valid before any trial changes it
-    resolve_device(base_cfg.device)  # device: cuda without a GPU stops here, not in every trial
+    device = resolve_device(base_cfg.device)  # device: cuda without a GPU stops here, not in every trial
+    # Once for the search, not per trial: its trials train in bf16 when the block does, or when the space samples it
+    sampled = space.params.get("precision")
+    if base_cfg.precision == "bf16" or (sampled is not None and "bf16" in (sampled.choices or [])):
+        check_precision(block, "bf16", device)
     distills = base_cfg.distill.alpha > 0 or "distill.alpha" in space.params
     if args.teacher is not None and not distills:
         raise ParamsError(f"--teacher {args.teacher}: {block}.distill.alpha is 0 and tune.spaces.{space_name} does "
