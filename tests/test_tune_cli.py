@@ -470,3 +470,20 @@ def test_a_distilling_block_is_searched_with_its_teacher(folder, prepared, capsy
     with pytest.raises(SystemExit) as exited:
         tune_cli.main([*lstm[:-1], "0", "--teacher", "same.pt"])
     assert exited.value.code == 0 and "dvc exp run -n lstm-trial-0" in capsys.readouterr().out
+
+
+def test_precision_is_the_studys_identity_and_a_study_recorded_before_it_continues_in_fp32():
+    """precision is recipe: a study over a block inherits it, and a block since switched to bf16 is another study
+    (its trials would not compare, and the printed command applies today's block). A study recorded before the key
+    existed trained in fp32: it continues under fp32 and only then."""
+    cfg = load_tune(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())["train_gru"]
+    assert "precision" in study.SEARCHABLE and "precision" not in study.TRIAL_SET
+    storage = optuna.storages.InMemoryStorage()
+    open_study("old", storage, cfg, "gru", {k: v for k, v in base.items() if k != "precision"}, "data")
+    open_study("old", storage, cfg, "gru", {**base, "precision": "fp32"}, "data")
+    with pytest.raises(study.StudyError, match=r"another train_gru block \(precision: 'fp32' -> 'bf16'\)"):
+        open_study("old", storage, cfg, "gru", {**base, "precision": "bf16"}, "data")
+    open_study("bf16", storage, cfg, "gru", {**base, "precision": "bf16"}, "data")
+    with pytest.raises(study.StudyError, match=r"precision: 'bf16' -> 'fp32'"):
+        open_study("bf16", storage, cfg, "gru", {**base, "precision": "fp32"}, "data")
