@@ -74,7 +74,7 @@ def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
         ckpt = load_checkpoint(work / "model.pt", cfg.model)
         result = evaluate_checkpoint(ckpt, load_split(work / "prepared", "test"), batch_size=1000)
         workers = json.loads((work / f"timings-{model}.json").read_text())["workers"]
-    return {"model": model, "seed": seed, "overrides": overrides, **result.metrics, "train_wall_s": round(seconds, 1),
+    return {"model": model, "seed": seed, "overrides": overrides, "precision": cfg.precision, **result.metrics, "train_wall_s": round(seconds, 1),
             "workers": workers, "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in ckpt.history]}
 
 

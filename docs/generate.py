@@ -365,6 +365,87 @@ def lstm_seeds_block(root: Path) -> str:
                     f"standard deviation, in points). Against the targets: {'; '.join(verdicts)}."))
 
 
+# precision-bench, precision-choice, isa-repro: fp32 against bf16 training (issue 32), from bench/precision.py,
+# bench/seeds.py and bench/isa.py.
+
+PRECISION_BENCH = "results/bench/precision.jsonl"
+PRECISION_SEEDS = "results/bench/precision_seeds.jsonl"
+ISA_REPRO = "results/bench/isa.jsonl"
+PLACEMENT_NAMES = {(1, 1): "1 worker × 1 thread", (1, 2): "1 worker × 2 threads", (2, 1): "2 workers × 1 thread"}
+BF16_MIN_SPEEDUP, BF16_MAX_LOSS = 1.3, 0.001  # the rule: at least 1.3x faster, 3-seed validation mean within 0.1 pt
+
+
+def precision_bench_block(root: Path) -> str:
+    runs = read_jsonl(root, PRECISION_BENCH)
+    if not runs:
+        return prose(f"No measurement in `{PRECISION_BENCH}` yet "
+                     f"(`python bench/precision.py --out {PRECISION_BENCH}`).")
+    rows = [(run["model"].upper() if run["model"] in MODEL_NAMES else run["model"],
+             [PLACEMENT_NAMES[(run["workers"], run["threads_per_worker"])], f"{run['fp32_images_per_s']:,.0f}",
+              f"{run['bf16_images_per_s']:,.0f}", f"**{run['bf16_speedup']:.2f}×**",
+              f"{run['fp32_s_per_epoch']:.0f}", f"{run['bf16_s_per_epoch']:.0f}"]) for run in runs]
+    first = runs[0]
+    return (table(["model", "placement", "fp32 images/s", "bf16 images/s", "bf16 speedup", "fp32 s/epoch",
+                   "bf16 s/epoch"], rows) + "\n\n"
+            + prose(f"One epoch of the training stage on the first {first['images']:,} training images per cell, fp32 "
+                    f"and bf16 back to back ({first['repeats']} epoch(s) each, the best kept); seconds per epoch "
+                    f"scaled to the 54,000 training images. Processor with native bf16: "
+                    f"{'yes' if first['native_bf16'] else 'no'}; fp32 matmul at {first['matmul_gflops']:.0f} GFLOP/s "
+                    f"(2 threads). From `{PRECISION_BENCH}`."))
+
+
+def precision_choice_block(root: Path) -> str:
+    """Per model: the bench's speedup at the pipeline's placement and the 3-seed validation means, against the rule."""
+    bench = read_jsonl(root, PRECISION_BENCH)
+    seeds = read_jsonl(root, PRECISION_SEEDS)
+    if not bench or not seeds:
+        return prose(f"Not measured yet (`{PRECISION_BENCH}`, `{PRECISION_SEEDS}`).")
+    rows = []
+    for name in dict.fromkeys(run["model"] for run in seeds):
+        by_precision = {p: [r["valid_accuracy"] for r in seeds if r["model"] == name and r["precision"] == p]
+                        for p in ("fp32", "bf16")}
+        if not all(by_precision.values()):
+            continue
+        cfg = load_block(TrainConfig, f"train_{name}", root / "params.yaml")
+        placement = next((r for r in bench if r["model"] == name and r["workers"] > 1), None) if cfg.workers != 1 \
+            else next((r for r in bench if r["model"] == name and (r["workers"], r["threads_per_worker"]) == (1, 2)),
+                      None)
+        speedup = placement["bf16_speedup"] if placement else float("nan")
+        fp32, bf16 = (statistics.mean(v) for v in by_precision.values())
+        adopt = speedup >= BF16_MIN_SPEEDUP and bf16 >= fp32 - BF16_MAX_LOSS
+        rows.append((name.upper() if name in MODEL_NAMES else name,
+                     [f"{speedup:.2f}× ({PLACEMENT_NAMES[(placement['workers'], placement['threads_per_worker'])]})"
+                      if placement else MISSING,
+                      f"{pct(fp32)} ({len(by_precision['fp32'])})", f"{pct(bf16)} ({len(by_precision['bf16'])})",
+                      f"{100 * (bf16 - fp32):+.2f}".replace("-", "−"), "bf16" if adopt else "fp32",
+                      cfg.precision]))
+    return (table(["model", "bf16 speedup (pipeline's placement)", "fp32 validation mean (seeds)",
+                   "bf16 validation mean (seeds)", "bf16 − fp32 (pts)", "the rule says", "params.yaml"], rows)
+            + "\n\n" + prose(f"The rule: bf16 where it is at least {BF16_MIN_SPEEDUP:g}× faster at the placement the "
+                               f"pipeline trains with and its mean validation accuracy over the seeds is at most "
+                               f"{100 * BF16_MAX_LOSS:g} points below fp32's. Speedups from `{PRECISION_BENCH}`, "
+                               f"validation accuracies from `{PRECISION_SEEDS}` (bench/seeds.py lines, each seed on "
+                               f"its own split)."))
+
+
+def isa_repro_block(root: Path) -> str:
+    lines = read_jsonl(root, ISA_REPRO)
+    profiles = [line for line in lines if "profile" in line]
+    runs = [line for line in lines if "model" in line]
+    if not runs:
+        return prose(f"No measurement in `{ISA_REPRO}` yet (`python bench/isa.py --out {ISA_REPRO}`).")
+    names = [p["profile"] for p in profiles]
+    rows = [(f"{run['model'].upper() if run['model'] in MODEL_NAMES else run['model']}, {run['precision']}",
+             ["same" if run["same_as_native"][name] else "**differs**" for name in names[1:]]) for run in runs]
+    described = "; ".join(f"{p['profile']}: " + (", ".join(f"`{k}={v}`" for k, v in p["environment"].items())
+                                                  or "nothing limited")
+                          + f" (oneDNN reported {p['onednn_isa']}, ATen {p['aten_capability']})" for p in profiles)
+    return (table(["model, precision", *(f"weights with {name} vs native" for name in names[1:])], rows) + "\n\n"
+            + prose(f"One epoch of each training stage on the first {runs[0]['images']:,} training images, from the "
+                    f"same initial weights, under each profile: {described}. Same: the SHA-256 of every trained "
+                    f"tensor's bytes is equal. From `{ISA_REPRO}`."))
+
+
 # tune-recipe-studies, tune-arch-study: the Optuna studies committed under results/tune/.
 
 def study_summary(root: Path, study: str) -> str:
@@ -441,6 +522,9 @@ KINDS: dict[str, Callable[[Path], str]] = {
     "training-timings": training_timings_block,
     "lstm-budget": lstm_budget_block,
     "lstm-seeds": lstm_seeds_block,
+    "precision-bench": precision_bench_block,
+    "precision-choice": precision_choice_block,
+    "isa-repro": isa_repro_block,
     "tune-recipe-studies": tune_recipe_studies_block,
     "tune-arch-study": tune_arch_study_block,
     "tests": tests_block,
