@@ -9,7 +9,8 @@ deviation; --out appends a Markdown row per model and configuration.
   python bench/seeds.py --model gru --seeds 2026 2027 2028
   python bench/seeds.py --model gru --seeds 2026 2027 2028 -S model.bidirectional=true -S model.head=mean_steps \
       --label "bi-GRU, mean over steps" --out seeds_table.md
-  python bench/seeds.py --model lstm   # a distilling block: its teacher (train_teacher) is trained first, same split
+  python bench/seeds.py --model lstm   # a distilling block: its teacher (train_teacher) is trained first, same split,
+                                       # then its logits (teacher_logits) are computed
 
 -S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
 """
@@ -54,6 +55,13 @@ def train_stage(model: str, work: Path, extra: list[str] = (), checkpoint: Path 
                    cwd=work, check=True, stdout=subprocess.DEVNULL)
 
 
+def teacher_logits(work: Path) -> None:
+    """The pipeline's teacher_logits stage on the scratch folder's teacher and split."""
+    subprocess.run([sys.executable, str(ROOT / "stages" / "teacher_logits.py"), "--teacher", str(work / "teacher.pt"),
+                    "--data", str(work / "prepared"), "--out", str(work / "teacher_logits.pt"), "--timings",
+                    str(work / "timings-teacher_logits.json")], cwd=work, check=True, stdout=subprocess.DEVNULL)
+
+
 def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
     params = read_params(ROOT / "params.yaml")
     params["seed"] = seed
@@ -68,7 +76,8 @@ def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
         teacher: list[str] = []
         if cfg.distill.alpha > 0:  # the teacher learns from the same split, as in the pipeline
             train_stage("teacher", work)
-            teacher = ["--teacher", str(work / "teacher.pt")]
+            teacher_logits(work)
+            teacher = ["--teacher-logits", str(work / "teacher_logits.pt")]
         train_stage(model, work, teacher, checkpoint=work / "model.pt")
         seconds = time.perf_counter() - start
         ckpt = load_checkpoint(work / "model.pt", cfg.model)

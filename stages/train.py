@@ -1,6 +1,6 @@
 """train_<model>: train one model on the prepared tensors, data-parallel over `workers` processes, and keep the
-epoch with the best validation loss; with --teacher, distill from that trained model too (unless the block's
-distill.alpha is 0: then the teacher is not read). An interrupted run resumes from its last finished epoch."""
+epoch with the best validation loss; with --teacher-logits, distill from the teacher's cached logits of the
+training images too (stage teacher_logits; unless the block's distill.alpha is 0: then they are not read). An interrupted run resumes from its last finished epoch."""
 
 import argparse
 import os
@@ -23,11 +23,11 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True, help="where the selected checkpoint goes")
     parser.add_argument("--live-dir", required=True, help="this model's own dvclive folder (metrics, plots)")
     parser.add_argument("--timings", required=True, help="JSON with the run's wall times and images/s")
-    parser.add_argument("--teacher",
-                        help="a trained model's checkpoint to distill from; read only if the block's distill.alpha > 0")
+    parser.add_argument("--teacher-logits", help="the teacher's logits of the training images (stage teacher_logits) "
+                        "to distill from; read only if the block's distill.alpha > 0")
     args = parser.parse_args()
     files = StageFiles(args.model, Path(args.data), Path(args.checkpoint), Path(args.live_dir), Path(args.timings),
-                       Path(args.teacher) if args.teacher else None)
+                       Path(args.teacher_logits) if args.teacher_logits else None)
     if launched_by_torchrun():  # one of the workers (launched by the stage itself, or by torchrun by hand)
         die_with_launcher()
         rank = worker_rank()

@@ -23,6 +23,7 @@ from fmnist_seq.config import DistillConfig, ModelConfig, TrainConfig, build
 from fmnist_seq.data import load_normalization, load_split
 from fmnist_seq.distributed import Worker, join
 from fmnist_seq.models import Classifier, build_model
+from fmnist_seq.teacher import compute_teacher_logits
 from fmnist_seq.training import Step, TrainingJob, fit, validate
 
 pytestmark = pytest.mark.e2e
@@ -207,16 +208,17 @@ def test_a_stop_of_the_launcher_stops_its_workers_in_one_line(tmp_path, sig, whe
 
 # --- fit() in two gloo workers on the CPU, each a process of its own (as torchrun would start them) -------------
 
-def _fit_as_rank(rank: int, port: int, job: TrainingJob, out: Path, check_teacher_shards: bool) -> None:
-    """One worker of `job`: joins the group as a launched worker does, trains, and saves what it saw in out/<rank>."""
+def _fit_as_rank(rank: int, port: int, job: TrainingJob, out: Path, check_teacher_shards: Classifier | None) -> None:
+    """One worker of `job`: joins the group as a launched worker does, trains, and saves what it saw in out/<rank>;
+    `check_teacher_shards`: the teacher module whose cached logits the job holds."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     shards = []
-    if check_teacher_shards:  # every step: the teacher's probabilities given with x are those of x itself
+    if check_teacher_shards is not None:  # every step: the teacher's probabilities given with x are those of x itself
         train_step = Step.__call__
 
         def checked(step, x, y, weight=1.0, teacher=None):
-            own = torch.softmax(job.teacher(x).detach() / step.distill.temperature, dim=1)
+            own = torch.softmax(check_teacher_shards.eval()(x).detach() / step.distill.temperature, dim=1)
             shards.append((len(x), (teacher - own).abs().max().item()))
             return train_step(step, x, y, weight, teacher)
         Step.__call__ = checked
@@ -226,7 +228,7 @@ def _fit_as_rank(rank: int, port: int, job: TrainingJob, out: Path, check_teache
                out / str(rank))
 
 
-def fit_in_two_workers(job: TrainingJob, out: Path, check_teacher_shards: bool = False) -> list[dict]:
+def fit_in_two_workers(job: TrainingJob, out: Path, check_teacher_shards: Classifier | None = None) -> list[dict]:
     """What each of the two ranks saved, in rank order."""
     import socket
 
@@ -270,8 +272,10 @@ class PixelTeacher(Classifier):
 
 def test_each_worker_distills_from_the_teachers_probabilities_of_its_own_images(tmp_path):
     cfg = two_worker_cfg(ModelConfig(cell="gru", hidden_size=8), distill=DistillConfig(alpha=0.5, temperature=2.0))
-    ranks = fit_in_two_workers(TrainingJob(cfg, TRAIN, VALID, NORM, 0, teacher=PixelTeacher()), tmp_path,
-                               check_teacher_shards=True)
+    teacher = PixelTeacher()
+    logits = compute_teacher_logits(teacher, TRAIN.images, "pixels")  # every worker holds all rows
+    ranks = fit_in_two_workers(TrainingJob(cfg, TRAIN, VALID, NORM, 0, teacher=logits), tmp_path,
+                               check_teacher_shards=teacher)
     for saved in ranks:
         steps = saved["shards"]
         assert len(steps) == 3 * 7 and sum(n for n, _ in steps) == 3 * len(TRAIN) // 2  # every step of 3 epochs

@@ -78,13 +78,14 @@ def test_experiments_from_two_machines_meet_in_one_exp_show(reproduced):
 
 
 def test_what_the_teacher_gives_is_one_experiment_away(reproduced):
-    """The ablation of docs/accuracy.md: the lstm without its teacher, by one `-S`, dvc.yaml's --teacher unchanged."""
+    """The ablation of docs/accuracy.md: the lstm without its teacher, by one `-S`, dvc.yaml's --teacher-logits
+    unchanged."""
     project, _ = reproduced
     result = dvc("exp", "run", "-n", "lstm-no-teacher", "-S", "train_lstm.distill.alpha=0", cwd=project)
-    assert ("train_lstm: distill.alpha is 0: training on the labels alone; the teacher models/teacher.pt (--teacher) "
-            "is not read") in result.stdout
+    assert ("train_lstm: distill.alpha is 0: training on the labels alone; the teacher's logits "
+            "models/teacher_logits.pt (--teacher-logits) are not read") in result.stdout
     assert "distilling from" not in result.stdout
-    assert {s for s in ("train_rnn", "train_gru", "train_teacher", "train_lstm", "evaluate", "export")
+    assert {s for s in ("train_rnn", "train_gru", "train_teacher", "teacher_logits", "train_lstm", "evaluate", "export")
             if f"Running stage '{s}'" in result.stdout} == {"train_lstm", "evaluate", "export"}
     data = _experiments(project)["lstm-no-teacher"]["data"]
     assert data["params"]["params.yaml"]["data"]["train_lstm"]["distill"]["alpha"] == 0

@@ -14,8 +14,8 @@ from fmnist_seq.data import RAW_FILES
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ("download", "prepare", "train_rnn", "train_gru", "train_teacher", "train_lstm", "calibrate", "evaluate",
-          "export")
+STAGES = ("download", "prepare", "train_rnn", "train_gru", "train_teacher", "teacher_logits", "train_lstm",
+          "calibrate", "evaluate", "export")
 MODELS = ("rnn", "gru", "lstm")
 # Words that name a measurement of the machine: none may appear in a declared metric.
 TIMING = re.compile(r"seconds|_s$|per_s|latency|gflops|speedup|threads|elapsed")
@@ -38,7 +38,8 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
     assert ran(first) == set(STAGES)
     for name in RAW_FILES.values():
         assert (project / "data/raw" / name).is_file()
-    for path in ("data/prepared/train.pt", "models/rnn.pt", "models/gru.pt", "models/teacher.pt", "models/lstm.pt",
+    for path in ("data/prepared/train.pt", "models/rnn.pt", "models/gru.pt", "models/teacher.pt",
+                 "models/teacher_logits.pt", "results/teacher_logits/timings.json", "models/lstm.pt",
                  "models/onnx/gru.onnx", "models/onnx/rnn.onnx", "models/onnx/lstm.onnx", "models/onnx/samples.json",
                  "results/data/examples.png", "results/train/lstm/plots/images/learning_curve.png",
                  "results/train/gru/plots/images/learning_curve.png",
@@ -142,7 +143,7 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
     write_params(project, {"train_gru": {"lr": 0.02}})
     status = dvc("status", "--json", cwd=project)
     changed = set(json.loads(status.stdout))
-    assert "train_gru" in changed and not {"train_rnn", "train_teacher", "train_lstm"} & changed
+    assert "train_gru" in changed and not {"train_rnn", "train_teacher", "teacher_logits", "train_lstm"} & changed
     third = dvc("repro", cwd=project)
     assert ran(third) == {"train_gru", "calibrate", "evaluate", "export"}
     diff = json.loads(dvc("metrics", "diff", "--json", cwd=project).stdout)
@@ -151,6 +152,11 @@ def test_full_pipeline_reruns_only_what_changed(reproduced_once, tmp_path):
     assert not any(k.startswith(("rnn.", "lstm.")) for k in evaluated), evaluated
     assert not any(k.startswith(("rnn.", "lstm.")) for k in diff.get("results/export/metrics.json", {}))
     commit(project, "gru lr")
+
+    # The student's temperature softens the cached logits: train_lstm reruns, the teacher's pass does not.
+    write_params(project, {"train_lstm": {"distill": {"temperature": 2.0}}})
+    assert set(json.loads(dvc("status", "--json", cwd=project).stdout)) == {"train_lstm"}
+    write_params(project, {"train_lstm": {"distill": {"temperature": 4.0}}})
 
     # The new model's block: its own training and the two stages that read every model, nothing else.
     write_params(project, {"train_lstm": {"distill": {"alpha": 0.3}}})

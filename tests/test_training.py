@@ -11,6 +11,7 @@ from fmnist_seq.data import Normalization, Split
 from fmnist_seq.errors import CheckpointError, ParamsError, TrainingError
 from fmnist_seq.models import (Classifier, ConvClassifier, SequenceClassifier, count_parameters, forward_flops,
                                predict_logits)
+from fmnist_seq.teacher import compute_teacher_logits
 from fmnist_seq.training import (EarlyStopping, Step, TrainingJob, fit, global_batches, make_optimizer,
                                  make_scheduler, seed_everything)
 
@@ -251,7 +252,8 @@ class ConstantTeacher(Classifier):
 def test_distillation_learns_the_teachers_probabilities():
     """With all the weight on the teacher, the student follows it, not the labels: here, to one class."""
     distilled = cfg(GRU, epochs=3, distill=DistillConfig(alpha=1.0, temperature=2.0))
-    result = fit(TrainingJob(distilled, TRAIN, VALID, NORM, 0, teacher=ConstantTeacher(3)), log=quiet)
+    logits = compute_teacher_logits(ConstantTeacher(3), TRAIN.images, "constant")
+    result = fit(TrainingJob(distilled, TRAIN, VALID, NORM, 0, teacher=logits), log=quiet)
     predicted = predict_logits(result.model, VALID.images, 50).argmax(1)
     assert (predicted == 3).float().mean() > 0.9
 
@@ -315,17 +317,18 @@ class WatchedTeacher(Classifier):
 
 
 def test_the_teacher_sees_each_training_image_once_unchanged_in_eval_mode():
-    """Its probabilities are computed once, before training, in eval mode (no dropout, a BatchNorm's running
+    """Its logits are computed once (stage teacher_logits), in eval mode (no dropout, a BatchNorm's running
     statistics), on the train split as it is; a distilling block refuses augmentation (above)."""
     teacher = WatchedTeacher()  # in training mode, as a module is made
-    fit(TrainingJob(cfg(GRU, epochs=2, distill=DistillConfig(alpha=0.5)), TRAIN, VALID, NORM, 0, teacher=teacher),
+    logits = compute_teacher_logits(teacher, TRAIN.images, "watched")
+    fit(TrainingJob(cfg(GRU, epochs=2, distill=DistillConfig(alpha=0.5)), TRAIN, VALID, NORM, 0, teacher=logits),
         log=quiet)
     assert teacher.calls and not any(training for training, _ in teacher.calls)
     assert torch.equal(torch.cat([pixels for _, pixels in teacher.calls]), TRAIN.images)
 
 
 def test_distillation_without_a_teacher_says_how_to_give_one():
-    with pytest.raises(TrainingError, match="distill.alpha is 0.5 but no teacher was given: pass the training stage"):
+    with pytest.raises(TrainingError, match="distill.alpha is 0.5 but no teacher was given: pass the training stage the teacher's logits"):
         train(cfg(GRU, epochs=1, distill=DistillConfig(alpha=0.5)))
     with pytest.raises(ParamsError, match="teacher's probabilities are computed once, on the unchanged"):
         build(TrainConfig, {**as_dict(cfg(GRU)), "distill": {"alpha": 0.5}, "augment": {"flip": 0.5}}, "train_lstm")

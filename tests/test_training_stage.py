@@ -58,16 +58,21 @@ def test_the_snapshot_is_removed_only_when_the_whole_group_succeeded(tmp_path, p
         assert not (tmp_path / DEFAULT_FOLDER).exists()  # snapshot, lock file and folder gone
 
 
-def test_a_block_that_does_not_distill_reads_no_teacher(tmp_path, prepared, monkeypatch, capsys):
-    """What `dvc exp run -S train_lstm.distill.alpha=0` asks, dvc.yaml's --teacher unchanged: the stage trains on
-    the labels alone and says so, and neither it nor a launched worker opens the teacher (here there is none)."""
+def test_a_block_that_does_not_distill_reads_no_teacher_logits(tmp_path, prepared, monkeypatch, capsys):
+    """What `dvc exp run -S train_lstm.distill.alpha=0` asks, dvc.yaml's --teacher-logits unchanged: the stage
+    trains on the labels alone and says so, and neither it nor a launched worker opens the logits (here there are
+    none). A distilling block without them is a clear error, before any training."""
     files = dataclasses.replace(stage_files(tmp_path, prepared, monkeypatch, workers=1),
-                                teacher=tmp_path / "no-such-teacher.pt")
+                                teacher_logits=tmp_path / "no-such-logits.pt")
     run(files, "stages/train.py", [], [])
-    assert (f"train_gru: distill.alpha is 0: training on the labels alone; the teacher {files.teacher} (--teacher) "
-            "is not read") in capsys.readouterr().out
-    assert files.checkpoint.is_file() and not files.teacher.exists()
+    assert (f"train_gru: distill.alpha is 0: training on the labels alone; the teacher's logits {files.teacher_logits}"
+            " (--teacher-logits) are not read") in capsys.readouterr().out
+    assert files.checkpoint.is_file() and not files.teacher_logits.exists()
     train_worker(files, group_owner=False)  # a worker reads the command line itself
     distilling = stage_files(tmp_path, prepared, monkeypatch, workers=1, distill={"alpha": 0.5})
-    with pytest.raises(ParamsError, match="train_gru.distill.alpha = 0.5 needs a teacher: give the stage's command"):
+    with pytest.raises(ParamsError, match="train_gru.distill.alpha = 0.5 needs the teacher's logits: give the "
+                                          "stage's command --teacher-logits"):
         run(distilling, "stages/train.py", [], [])
+    missing = dataclasses.replace(distilling, teacher_logits=tmp_path / "no-such-logits.pt")
+    with pytest.raises(TrainingError, match=r"no-such-logits.pt is missing: rerun `dvc repro teacher_logits`"):
+        run(missing, "stages/train.py", [], [])

@@ -20,8 +20,9 @@ from optuna.trial import TrialState
 
 from conftest import FAST_PARAMS, ROOT, deep_update, prepare_synthetic, train_project
 from fmnist_seq import distributed, interrupts, study, tune_cli
-from fmnist_seq.checkpoint import save_checkpoint
+from fmnist_seq.checkpoint import checkpoint_sha256, save_checkpoint
 from fmnist_seq.config import PER_RUN, PLACEMENT, RECIPE, ModelConfig, TrainConfig, build, keys_with_role
+from fmnist_seq.data import load_split
 from fmnist_seq.models import build_model
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.search_space import apply, load_tune, sample
@@ -420,8 +421,9 @@ def test_a_trial_whose_process_is_a_zombie_or_another_is_closed(tmp_path):
 
 
 def test_a_distilling_block_is_searched_with_its_teacher(folder, prepared, capsys, monkeypatch):
-    """train_lstm distills from models/teacher.pt: fmnist-tune finds it there (or at --teacher), says how to make it
-    when it is missing, gives it to every trial, and refuses a teacher that no trial would learn from."""
+    """train_lstm distills from models/teacher.pt's logits: fmnist-tune finds the teacher there (or at --teacher), says
+    how to make it when it is missing, gives its logits (computed once, as stage teacher_logits does) to every
+    trial, and refuses a teacher that no trial would learn from."""
     params = yaml.safe_load((folder / "params.yaml").read_text())
     deep_update(params, {"train_lstm": FAST_PARAMS["train_lstm"], "tune": {"epochs": 1}})
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -446,7 +448,9 @@ def test_a_distilling_block_is_searched_with_its_teacher(folder, prepared, capsy
         tune_cli.main(lstm)
     out, err = capsys.readouterr()
     assert exited.value.code == 0, err
-    assert len(taught) == 1 and taught[0] is not None and taught[0].cfg == teacher_cfg
+    assert len(taught) == 1 and taught[0] is not None and taught[0].cell == "cnn"
+    assert taught[0].teacher_sha256 == checkpoint_sha256(folder / "models" / "teacher.pt")
+    assert taught[0].count == len(load_split(prepared, "train"))
     trials = optuna.load_study(study_name="lstm", storage=open_storage(str(folder / ".optuna" / "journal.log"))).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE]
     assert "dvc exp run -n lstm-trial-0" in out  # the pipeline's train_lstm learns from this teacher too

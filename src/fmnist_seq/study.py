@@ -27,15 +27,14 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_seq import interrupts
-from fmnist_seq.checkpoint import load_checkpoint
 from fmnist_seq.config import (PER_RUN, PLACEMENT, TrainConfig, build, changed_keys, default_values, flatten,
                                keys_with_role)
 from fmnist_seq.data import STATS_FILE, Normalization, Split, load_normalization, load_split
 from fmnist_seq.distributed import Worker, resolve_device
 from fmnist_seq.errors import ParamsError, PipelineError, TrainingError
 from fmnist_seq.search_space import SEARCHABLE, Space, TuneConfig, apply, sample
-from fmnist_seq.models import Classifier
 from fmnist_seq.snapshot import file_sha256
+from fmnist_seq.teacher import TeacherLogits, logits_of_checkpoint
 from fmnist_seq.training import EpochRecord, TrainingJob, fit
 
 # What a study remembers of how it was started; a later run against other data, another base block or another
@@ -174,11 +173,12 @@ class Prepared:
     valid: Split
     norm: Normalization
     sha256: str  # of train.pt, valid.pt, stats.json and the teacher together: what the study's trials learned from
-    teacher: Classifier | None = None  # the trained model a distilling block learns from
+    teacher: TeacherLogits | None = None  # the teacher's logits of the train split, when the searched block distills
 
 
-def load_prepared(folder: Path, teacher: Path | None = None) -> Prepared:
-    """The prepared data, and the teacher checkpoint when the searched block distills."""
+def load_prepared(folder: Path, teacher: Path | None = None, device: torch.device = torch.device("cpu")) -> Prepared:
+    """The prepared data, and the logits of the teacher checkpoint `teacher` when the searched block distills:
+    computed here, once for all the trials of this process, by the function stage teacher_logits runs."""
     files = [folder / name for name in ("train.pt", "valid.pt", STATS_FILE)]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -188,8 +188,9 @@ def load_prepared(folder: Path, teacher: Path | None = None) -> Prepared:
         raise StudyError(f"{teacher} not found: the searched block distills (distill.alpha > 0) from that trained "
                          f"model; run `dvc repro train_teacher` first, or give --teacher another checkpoint")
     digest = hashlib.sha256(" ".join(file_sha256(f) for f in files + ([teacher] if teacher else [])).encode())
-    return Prepared(load_split(folder, "train"), load_split(folder, "valid"), load_normalization(folder),
-                    digest.hexdigest(), load_checkpoint(teacher).model if teacher else None)
+    train = load_split(folder, "train")
+    logits = logits_of_checkpoint(teacher, train.images, device)[0] if teacher else None
+    return Prepared(train, load_split(folder, "valid"), load_normalization(folder), digest.hexdigest(), logits)
 
 
 def trial_settings(cfg: TuneConfig, number: int, device: str) -> dict[str, Any]:

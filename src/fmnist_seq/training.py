@@ -31,6 +31,7 @@ from fmnist_seq.errors import TrainingError
 from fmnist_seq.models import Classifier, build_model, predict_logits
 from fmnist_seq.precision import autocast
 from fmnist_seq.snapshot import Snapshots
+from fmnist_seq.teacher import TeacherLogits
 
 VALID_BATCH = 1024
 
@@ -228,7 +229,7 @@ def _set_random_states(states: dict[str, list[torch.Tensor]], worker: Worker) ->
 @dataclass(frozen=True)
 class TrainingJob:
     """What one training run learns from: the block, the data, the seed, this process's place in the run, and the
-    trained model it distills from (when the block's distill.alpha is above 0)."""
+    teacher's logits of the training images it distills from (when the block's distill.alpha is above 0)."""
 
     cfg: TrainConfig
     train: Split
@@ -236,19 +237,19 @@ class TrainingJob:
     norm: Normalization
     seed: int
     worker: Worker = dataclasses.field(default_factory=Worker)
-    teacher: Classifier | None = None
+    teacher: TeacherLogits | None = None  # row i: training image i (teacher.py)
 
 
 def teacher_probabilities(job: TrainingJob) -> torch.Tensor | None:
-    """The teacher's softened probabilities of every training image, on the device; computed once (the teacher is
-    fixed and the images unchanged), None without distillation."""
+    """The teacher's probabilities of every training image, softened at the block's temperature, on the device
+    (every worker holds all rows and takes those of its own images); None without distillation."""
     if job.cfg.distill.alpha == 0:
         return None
     if job.teacher is None:
         raise TrainingError(f"distill.alpha is {job.cfg.distill.alpha} but no teacher was given: pass the training "
-                            "stage a trained model with --teacher, or set distill.alpha to 0")
-    logits = predict_logits(job.teacher.to(job.worker.device), job.train.images, VALID_BATCH, job.worker.device)
-    return torch.softmax(logits / job.cfg.distill.temperature, dim=1).to(job.worker.device)
+                            "stage the teacher's logits with --teacher-logits, or set distill.alpha to 0")
+    job.teacher.check(job.train.images, "the teacher's logits")
+    return job.teacher.probabilities(job.cfg.distill.temperature).to(job.worker.device)
 
 
 @dataclass
@@ -375,12 +376,11 @@ def fit(job: TrainingJob, on_epoch: Callable[[EpochRecord], None] | None = None,
         for record in state.history:
             on_epoch(record)
     start = time.perf_counter() - (state.history[-1].elapsed_s if state.history else 0.0)
-    teacher_start = time.perf_counter()
-    teacher = teacher_probabilities(job)  # timed with the training: part of what distillation costs
+    # The teacher's pass over the images is stage teacher_logits' (its own timings); only the softening is here.
+    teacher = teacher_probabilities(job)
     if teacher is not None:
-        say(f"distilling from a {job.teacher.cfg.cell} teacher (weight {cfg.distill.alpha}, temperature "
-            f"{cfg.distill.temperature}): its probabilities of the {len(job.train)} training images took "
-            f"{time.perf_counter() - teacher_start:.1f} s")
+        say(f"distilling from a {job.teacher.cell} teacher (weight {cfg.distill.alpha}, temperature "
+            f"{cfg.distill.temperature}): its cached logits of the {len(job.train)} training images")
     snapshot_seconds: list[float] = []
     stop = state.stopper.should_stop  # a run killed after its last epoch, before writing its outputs
     while not stop and state.epoch < cfg.epochs:

@@ -12,13 +12,14 @@ from typing import Callable
 
 import torch
 
-from fmnist_seq.checkpoint import load_checkpoint, save_checkpoint
+from fmnist_seq.checkpoint import save_checkpoint
 from fmnist_seq.config import TrainConfig, as_dict, load_block, training_seed
 from fmnist_seq.data import STATS_FILE, load_normalization, load_split
 from fmnist_seq.distributed import join, launch, resolve_device, resolve_workers
 from fmnist_seq.errors import ParamsError, TrainingError
 from fmnist_seq.precision import check_precision, native_bf16
 from fmnist_seq.snapshot import RunKey, Snapshots, declared_code, snapshot_folder
+from fmnist_seq.teacher import REPRO_HINT, load_teacher_logits
 from fmnist_seq.tracking import log_epoch, log_result, open_live, write_timings
 from fmnist_seq.training import TrainingJob, fit
 
@@ -32,7 +33,8 @@ class StageFiles:
     checkpoint: Path
     live_dir: Path  # this model's own dvclive folder
     timings: Path
-    teacher: Path | None = None  # a trained model's checkpoint to distill from (the block's distill.alpha > 0)
+    # The teacher's logits of the train split (stage teacher_logits) to distill from (the block's distill.alpha > 0)
+    teacher_logits: Path | None = None
 
     @property
     def stage(self) -> str:
@@ -44,22 +46,27 @@ class StageFiles:
 
     @property
     def inputs(self) -> list[Path]:
-        """What the run learns from, besides its params and code: the prepared data, and the teacher."""
-        return [self.data / name for name in ("train.pt", "valid.pt", STATS_FILE)] + ([self.teacher] if self.teacher
-                                                                                       else [])
+        """What the run learns from, besides its params and code: the prepared data, and the teacher's logits (in
+        the run key: a snapshot made with other logits is never resumed)."""
+        return [self.data / name for name in ("train.pt", "valid.pt", STATS_FILE)] + (
+            [self.teacher_logits] if self.teacher_logits else [])
 
 
 def files_to_read(files: StageFiles, cfg: TrainConfig, log: Callable[[str], None] = lambda _: None) -> StageFiles:
-    """The stage's files as the run reads them. A distilling block needs a teacher; a block with distill.alpha 0
-    reads none, even when the command names one, so that one `dvc exp run -S train_lstm.distill.alpha=0` measures
-    what the teacher gives without an edit of dvc.yaml (`log` says so)."""
-    if cfg.distill.alpha > 0 and files.teacher is None:
-        raise ParamsError(f"params.yaml: {files.stage}.distill.alpha = {cfg.distill.alpha} needs a teacher: give the "
-                          "stage's command --teacher <checkpoint> (dvc.yaml), or set distill.alpha to 0")
-    if cfg.distill.alpha == 0 and files.teacher is not None:
-        log(f"{files.stage}: distill.alpha is 0: training on the labels alone; the teacher {files.teacher} "
-            "(--teacher) is not read")
-        return dataclasses.replace(files, teacher=None)
+    """The stage's files as the run reads them. A distilling block needs the teacher's logits; a block with
+    distill.alpha 0 reads none, even when the command names them, so that one `dvc exp run -S
+    train_lstm.distill.alpha=0` measures what the teacher gives without an edit of dvc.yaml (`log` says so)."""
+    if cfg.distill.alpha > 0 and files.teacher_logits is None:
+        raise ParamsError(f"params.yaml: {files.stage}.distill.alpha = {cfg.distill.alpha} needs the teacher's logits: "
+                          "give the stage's command --teacher-logits <file> (dvc.yaml; stage teacher_logits writes "
+                          "it), or set distill.alpha to 0")
+    if cfg.distill.alpha > 0 and not files.teacher_logits.is_file():
+        raise TrainingError(f"{files.stage}.distill.alpha = {cfg.distill.alpha} needs the teacher's logits, and "
+                            f"{files.teacher_logits} is missing: {REPRO_HINT}")
+    if cfg.distill.alpha == 0 and files.teacher_logits is not None:
+        log(f"{files.stage}: distill.alpha is 0: training on the labels alone; the teacher's logits "
+            f"{files.teacher_logits} (--teacher-logits) are not read")
+        return dataclasses.replace(files, teacher_logits=None)
     return files
 
 
@@ -78,9 +85,10 @@ def train_worker(files: StageFiles, group_owner: bool) -> None:
     files = files_to_read(files, cfg)
     seed = training_seed(cfg)
     with join(cfg.device) as worker:
-        teacher = load_checkpoint(files.teacher).model if files.teacher is not None else None
-        job = TrainingJob(cfg, load_split(files.data, "train"), load_split(files.data, "valid"),
-                          load_normalization(files.data), seed, worker, teacher)
+        train = load_split(files.data, "train")
+        teacher = load_teacher_logits(files.teacher_logits, train.images) if files.teacher_logits else None
+        job = TrainingJob(cfg, train, load_split(files.data, "valid"), load_normalization(files.data), seed, worker,
+                          teacher)
         snapshots = snapshots_of(files, cfg, seed, worker.device, worker.world_size)
         if not worker.is_main:
             fit(job, snapshots=snapshots)

@@ -78,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="journal file path or database URL (default: tune.storage)")
     p.add_argument("--data", type=Path, default=Path("data/prepared"), help="the prepared data (dvc repro prepare)")
     p.add_argument("--teacher", type=Path, help="the trained model a distilling block (distill.alpha > 0) learns "
-                   f"from (default: {DEFAULT_TEACHER}, what dvc repro train_teacher writes)")
+                   f"from (default: {DEFAULT_TEACHER}, what dvc repro train_teacher writes); its logits of the "
+                   "training images are computed once, as stage teacher_logits does, and every trial reads them")
     p.add_argument("--out", type=Path, default=Path("results/tune"), help="results/tune/<study>/ gets the report")
     p.add_argument("--top", type=parse_count, default=10, help="rows in the table of best trials")
     p.add_argument("--queue-best", type=parse_count, default=0, metavar="K",
@@ -114,6 +115,11 @@ class Search:
     jobs: int
     cpus: int
     teacher: Path | None  # the checkpoint a distilling block learns from; None when no trial distills
+    device: str = "cpu"  # the block's device: where the teacher's logits are computed, as each trial's run did
+
+    def load(self) -> Prepared:
+        """The prepared data, and the teacher's logits (computed once in this process, read by every trial)."""
+        return load_prepared(self.data_dir, self.teacher, resolve_device(self.device))
 
     def open(self, data: Prepared) -> optuna.Study:
         storage = open_storage(self.storage_url, self.jobs)
@@ -136,7 +142,7 @@ def _job(job: int, search: Search, tickets) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sys.stderr = _NotATerminal(sys.stderr)
         set_threads(search.jobs, search.cpus)
-        data = load_prepared(search.data_dir, search.teacher)
+        data = search.load()
         study = search.open(data)
         run_trials(study, search.objective(data, f"[job {job + 1}/{search.jobs}] "),
                    take=lambda: tickets.acquire(block=False))
@@ -179,14 +185,14 @@ def plan(args: argparse.Namespace) -> tuple[Search, int]:
     trials = cfg.trials if args.trials is None else args.trials
     search = Search(args.model, space_name, base, cfg, args.data, args.storage or cfg.storage,
                     args.study or space_name, args.jobs, usable_cpus(),
-                    (args.teacher or DEFAULT_TEACHER) if distills else None)
+                    (args.teacher or DEFAULT_TEACHER) if distills else None, base_cfg.device)
     return search, trials
 
 
 def run(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command says what happens in its own lines
     search, trials = plan(args)
-    data = load_prepared(search.data_dir, search.teacher)
+    data = search.load()
     study = search.open(data)
     report_folder = args.out / search.study_name
     try:  # now, not after the trials: a report that cannot be written would lose nothing but time
@@ -300,7 +306,7 @@ def _ended(code: int | None) -> str:
 
 def no_retrain(search: Search) -> str | None:
     """Why no `dvc exp run` retrains the search's trials exactly, or None. The pipeline's train_lstm learns from
-    DEFAULT_TEACHER (dvc.yaml), so trials that learned from other bytes (--teacher) have no such command."""
+    DEFAULT_TEACHER's logits (stage teacher_logits, dvc.yaml), so trials that learned from other bytes (--teacher) have no such command."""
     if search.teacher is None or search.teacher.resolve() == DEFAULT_TEACHER.resolve():
         return None
     if DEFAULT_TEACHER.is_file() and file_sha256(DEFAULT_TEACHER) == file_sha256(search.teacher):
