@@ -73,7 +73,7 @@ def weights_hash(path: Path) -> str:
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(state[name].contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(state[name].reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -85,10 +85,13 @@ def train_once(model: str, precision: str, profile: str, data: Path) -> str:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--model", model, "--data", str(data),
-                        "--checkpoint", str(work / "model.pt"), "--live-dir", str(work / "live"),
-                        "--timings", str(work / "timings.json")], cwd=work, env=environment(profile), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--model", model, "--data",
+                               str(data), "--checkpoint", str(work / "model.pt"), "--live-dir", str(work / "live"),
+                               "--timings", str(work / "timings.json")], cwd=work, env=environment(profile),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:  # a profile whose libraries cannot train this model: recorded, not fatal
+            errors = [line for line in done.stderr.splitlines() if "Error" in line]
+            return "failed: " + (errors[0].strip() if errors else f"exit {done.returncode}")
         return weights_hash(work / "model.pt")
 
 
@@ -108,7 +111,8 @@ def main() -> None:
             for precision in args.precisions:
                 hashes = {name: train_once(model, precision, name, data) for name in PROFILES}
                 lines.append({"model": model, "precision": precision, "images": args.images,
-                              "weights_sha256": {name: h[:16] for name, h in hashes.items()},
+                              "weights_sha256": {name: h if h.startswith("failed") else h[:16]
+                                                 for name, h in hashes.items()},
                               "same_as_native": {name: h == hashes["native"] for name, h in hashes.items()}})
                 print(json.dumps(lines[-1]), flush=True)
     for line in lines[:len(PROFILES)]:

@@ -442,7 +442,8 @@ def isa_repro_block(root: Path) -> str:
         return prose(f"No measurement in `{ISA_REPRO}` yet (`python bench/isa.py --out {ISA_REPRO}`).")
     names = [p["profile"] for p in profiles]
     rows = [(f"{run['model'].upper() if run['model'] in MODEL_NAMES else run['model']}, {run['precision']}",
-             ["same" if run["same_as_native"][name] else "**differs**" for name in names[1:]]) for run in runs]
+             ["same" if run["same_as_native"][name] else "fails to train" if run["weights_sha256"][name].startswith(
+                 "failed") else "**differs**" for name in names[1:]]) for run in runs]
     described = "; ".join(f"{p['profile']}: " + (", ".join(f"`{k}={v}`" for k, v in p["environment"].items())
                                                   or "nothing limited")
                           + f" (oneDNN reported {p['onednn_isa']}, ATen {p['aten_capability']})" for p in profiles)
