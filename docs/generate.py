@@ -140,6 +140,8 @@ PARAMETER_ROWS: list[tuple[str, Callable[[TrainConfig], str], str]] = [
      "regularization; 0 turns each off"),
     ("`batch_size`, `epochs`, `patience`", lambda c: f"{c.batch_size}, {c.epochs}, {c.patience}",
      "the global batch; `patience: 0` never stops early"),
+    ("`precision`", lambda c: c.precision,
+     "fp32, or bf16 autocast with fp32 weights ([performance.md](performance.md#precision))"),
     ("`workers`, `device`", lambda c: f"{c.workers}, {c.device}",
      "data-parallel processes (auto: one per core or GPU); CUDA when PyTorch sees a GPU"),
     ("`max_restarts`", lambda c: str(c.max_restarts),
