@@ -78,10 +78,16 @@ def fit_temperature(name: str, logits: np.ndarray, labels: np.ndarray, split: st
     temperature = math.exp((low + high) / 2)
     lowest, highest = TEMPERATURE_RANGE
     if not lowest < temperature < highest:
+        # Far below: the NLL kept falling as T shrank, which happens when (nearly) every image of the split is
+        # already right: a split too small or too easy to say how confident the model should be.
+        why = ("its logits barely predict the labels" if temperature >= highest else
+               f"the model gets {np.mean(logits.argmax(1) == labels):.1%} of its {len(labels)} images right, so "
+               "sharpening never stops paying: the split is too small or too easy to calibrate on, or the logits "
+               "are far too flat")
         raise CalibrationError(
             f"{name}: the temperature fitted on the {split} split is {temperature:.3g}, outside ({lowest:g}, "
-            f"{highest:g}): its logits {'barely predict the labels' if temperature >= highest else 'are far too flat'}"
-            f"; check the checkpoint (dvc repro train_{name}) and the split, or set calibrate.fit: false")
+            f"{highest:g}): {why}; check the checkpoint (dvc repro train_{name}) and the split, or set "
+            "calibrate.fit: false")
     return temperature
 
 
