@@ -16,8 +16,8 @@ from fmnist_seq.config import DistillConfig, ModelConfig, TrainConfig, load_bloc
 from fmnist_seq.data import Split, load_split
 from fmnist_seq.errors import TrainingError
 from fmnist_seq.models import build_model, predict_logits
-from fmnist_seq.teacher import (compute_teacher_logits, images_sha256, load_teacher_logits, save_teacher_logits,
-                                write_teacher_logits)
+from fmnist_seq.teacher import (TEACHER_BATCH, compute_teacher_logits, images_sha256, load_teacher_logits,
+                                save_teacher_logits, write_teacher_logits)
 from fmnist_seq.training import TrainingJob, fit, teacher_probabilities
 from fmnist_seq.training_stage import StageFiles, snapshots_of
 
@@ -39,8 +39,9 @@ def a_teacher(seed: int = 0):
 
 
 def old_teacher_probabilities(job: TrainingJob, teacher) -> torch.Tensor:
-    """What the training loop computed in every distilling run before the logits were cached (its code then)."""
-    logits = predict_logits(teacher.to(job.worker.device), job.train.images, training.VALID_BATCH, job.worker.device)
+    """What the training loop computed in every distilling run before the logits were cached (its code then, at the
+    batch the cached pass uses now)."""
+    logits = predict_logits(teacher.to(job.worker.device), job.train.images, TEACHER_BATCH, job.worker.device)
     return torch.softmax(logits / job.cfg.distill.temperature, dim=1).to(job.worker.device)
 
 
