@@ -83,8 +83,20 @@ def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
         ckpt = load_checkpoint(work / "model.pt", cfg.model)
         result = evaluate_checkpoint(ckpt, load_split(work / "prepared", "test"), batch_size=1000)
         workers = json.loads((work / f"timings-{model}.json").read_text())["workers"]
+        teacher_run = teacher_summary(work) if teacher else {}
     return {"model": model, "seed": seed, "overrides": overrides, "precision": cfg.precision, **result.metrics, "train_wall_s": round(seconds, 1),
-            "workers": workers, "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in ckpt.history]}
+            "workers": workers, "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in ckpt.history],
+            **teacher_run}
+
+
+def teacher_summary(work: Path) -> dict:
+    """The teacher's own figures in a distilling run: what a teacher recipe buys (validation accuracy of the selected
+    epoch, as the lstm's is reported) and what it costs (its training's and its logits' seconds)."""
+    teacher = load_checkpoint(work / "teacher.pt")
+    timings = {stage: json.loads((work / f"timings-{stage}.json").read_text()) for stage in ("teacher", "teacher_logits")}
+    return {"teacher_valid_accuracy": round(teacher.valid["accuracy"], 5), "teacher_epochs": len(teacher.history),
+            "teacher_precision": timings["teacher"]["precision"], "teacher_train_s": timings["teacher"]["train_seconds"],
+            "teacher_logits_s": timings["teacher_logits"]["seconds"]}
 
 
 def main() -> None:
