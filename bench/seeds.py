@@ -9,6 +9,7 @@ deviation; --out appends a Markdown row per model and configuration.
   python bench/seeds.py --model gru --seeds 2026 2027 2028
   python bench/seeds.py --model gru --seeds 2026 2027 2028 -S model.bidirectional=true -S model.head=mean_steps \
       --label "bi-GRU, mean over steps" --out seeds_table.md
+  python bench/seeds.py --model teacher -S precision=fp32   # the lstm's teacher alone
   python bench/seeds.py --model lstm   # a distilling block: its teacher (train_teacher) is trained first, same split,
                                        # then its logits (teacher_logits) are computed
 
@@ -101,7 +102,7 @@ def teacher_summary(work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=MODEL_NAMES, required=True)
+    parser.add_argument("--model", choices=[*MODEL_NAMES, "teacher"], required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028])
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the model's train block, e.g. -S model.hidden_size=256 (repeatable)")
