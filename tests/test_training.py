@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -225,6 +226,21 @@ def test_a_cnn_teacher_trains_and_checkpoints_like_any_model(tmp_path):
     assert torch.equal(predict_logits(ckpt.model, VALID.images, 50), predict_logits(result.model, VALID.images, 50))
     # 28 -> 14 -> 7: conv 1->4 on 28x28, conv 4->8 on 14x14, then the head on 8 x 7 x 7 positions
     assert forward_flops(TEACHER) == 2 * (28 * 28 * 1 * 4 * 9 + 14 * 14 * 4 * 8 * 9 + 8 * 7 * 7 * 16 + 16 * 10)
+
+
+def test_the_cnn_runs_in_channels_last_through_training_and_checkpoints(tmp_path):
+    """The faster layout (docs/performance.md) holds for the trained weights, the loaded ones and every block's
+    feature maps; the head still reads the positions in (channel, row, column) order, as a plain NCHW model does."""
+    result = train(cfg(TEACHER, epochs=1))
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, result.model, as_dict(cfg(TEACHER)), 1, {"loss": 0.0, "accuracy": 0.0}, [])
+    for model in (result.model, load_checkpoint(path, TEACHER).model):
+        convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        maps = model.encoder(model.normalize(VALID.images[:8]).unsqueeze(1))
+        assert maps.is_contiguous(memory_format=torch.channels_last) and not maps.is_contiguous()
+        plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+        assert torch.allclose(plain(VALID.images[:8]), model.eval()(VALID.images[:8]), atol=1e-5)
 
 
 @pytest.mark.parametrize("change, message", [
