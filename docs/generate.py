@@ -374,6 +374,33 @@ def lstm_seeds_block(root: Path) -> str:
                     f"standard deviation, in points). Against the targets: {'; '.join(verdicts)}."))
 
 
+# lstm-recipes: the candidate recipes of issue 32 screened on validation, from bench/seeds.py lines labelled by recipe.
+
+LSTM_RECIPES = "results/bench/lstm_recipes.jsonl"
+
+
+def lstm_recipes_block(root: Path) -> str:
+    runs = read_jsonl(root, LSTM_RECIPES)
+    if not runs:
+        return prose(f"No screening run in `{LSTM_RECIPES}` yet.")
+    seeds = sorted({run["seed"] for run in runs})
+    rows = []
+    for recipe in dict.fromkeys(run["recipe"] for run in runs):
+        mine = {run["seed"]: run for run in runs if run["recipe"] == recipe}
+        teachers = [run["teacher_valid_accuracy"] for run in mine.values() if "teacher_valid_accuracy" in run]
+        rows.append((recipe, [pct(statistics.mean(teachers)) if teachers else MISSING,
+                              *(pct(mine[seed]["valid_accuracy"]) if seed in mine else MISSING for seed in seeds),
+                              f"**{pct(statistics.mean(run['valid_accuracy'] for run in mine.values()))}** "
+                              f"({len(mine)})",
+                              f"{statistics.mean(run['train_wall_s'] for run in mine.values()):.0f}"]))
+    return (table(["recipe (teacher; lstm)", "teacher validation (mean)", *(f"lstm validation, seed {seed}"
+                                                                          for seed in seeds),
+                   "lstm validation mean (seeds)", "seconds per seed, one core"], rows) + "\n\n"
+            + prose(f"Each line a `bench/seeds.py --model lstm` run on one core (the teacher, its logits and the lstm "
+                    f"of that seed's split; test accuracy not shown: the choice was made on validation). The seconds "
+                    f"are one core's, for comparing recipes with each other only. From `{LSTM_RECIPES}`."))
+
+
 # precision-bench, precision-choice, isa-repro: fp32 against bf16 training (issue 32), from bench/precision.py,
 # bench/seeds.py and bench/isa.py.
 
@@ -532,6 +559,7 @@ KINDS: dict[str, Callable[[Path], str]] = {
     "training-timings": training_timings_block,
     "lstm-budget": lstm_budget_block,
     "lstm-seeds": lstm_seeds_block,
+    "lstm-recipes": lstm_recipes_block,
     "precision-bench": precision_bench_block,
     "precision-choice": precision_choice_block,
     "isa-repro": isa_repro_block,
