@@ -196,6 +196,45 @@ def test_a_stopped_search_reports_what_it_found_and_leaves_no_job_behind(prepare
     assert "Traceback" not in err
 
 
+# A trial process whose stop (SIGTERM, as fmnist-tune sends its jobs) lands right after Optuna's storage created
+# its second trial, before the objective runs: the window that study.optimize leaves open.
+STOP_AT_CREATION = """
+import os, signal, sys
+import optuna
+from fmnist_seq import interrupts
+from fmnist_seq.study import run_trials
+
+interrupts.install()
+study = optuna.create_study(study_name="s", direction="maximize", storage=optuna.storages.JournalStorage(
+    optuna.storages.journal.JournalFileBackend(sys.argv[1])))
+create = study._storage.create_new_trial
+def create_then_stop(*args, **kwargs):
+    trial_id = create(*args, **kwargs)
+    if len(study.trials) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return trial_id
+study._storage.create_new_trial = create_then_stop
+try:
+    run_trials(study, lambda trial: trial.suggest_float("x", 0.0, 1.0), trials=4)
+except KeyboardInterrupt as exc:
+    sys.exit(interrupts.exit_code(exc))
+"""
+
+
+def test_a_stop_as_optuna_creates_a_trial_closes_that_trial_under_its_owner(tmp_path):
+    path = tmp_path / "journal.log"
+    result = subprocess.run([sys.executable, "-c", STOP_AT_CREATION, str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "Traceback" not in result.stderr
+    trials = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path)))).trials
+    # the first trial finished; the second, stopped at its creation, is closed as failed (never left running), and
+    # names its process like every trial; no third was started
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL], trials
+    assert trials[1].user_attrs.get("pid") and trials[1].user_attrs.get("host") == socket.gethostname()
+
+
 def test_trials_of_a_killed_search_are_closed_by_the_next_run(prepared, tmp_path):
     # A trial that ends only when the test lets it: no pruner, no early stopping, and each job frozen (SIGSTOP) as
     # soon as the storage shows it inside its trial. Two trials for two jobs: both are RUNNING when the search is

@@ -121,6 +121,21 @@ def deferred() -> Iterator[None]:
 
 
 @contextmanager
+def taken() -> Iterator[None]:
+    """Inside deferred(), a block that a stop may end after all: one noted before it is raised as it starts, and
+    one during it is raised as usual. For work that stops cleanly inside bookkeeping that must not be cut (an
+    Optuna trial's training, inside Optuna's creating and closing of the trial)."""
+    before, _stop.deferred = _stop.deferred, False
+    try:
+        if _stop.signum is not None:
+            _stop.lost = False
+            raise Interrupted(signal.Signals(_stop.signum).name)
+        yield
+    finally:
+        _stop.deferred = before
+
+
+@contextmanager
 def handled_elsewhere(stop: type[BaseException], signum_of: Callable[[Any], int]) -> Iterator[None]:
     """For a library that installs its own handlers while this block runs, raising `stop`: a `stop` that dies
     in a destructor is delivered again like ours, and our handlers are back when the block ends."""

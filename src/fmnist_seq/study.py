@@ -308,8 +308,6 @@ class Objective:
         self.device = resolve_device(build(TrainConfig, base, f"train_{model}").device).type
 
     def __call__(self, trial: optuna.Trial) -> float:
-        for key, value in owner().items():  # which process owns it (fail_stale_trials)
-            trial.set_user_attr(key, value)
         trial.set_user_attr("sampler_seed", sampler_seed(self.cfg, trial.number))  # what drew its values
         values = sample(trial, self.space)
         settings = trial_settings(self.cfg, trial.number, self.device)
@@ -379,14 +377,22 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int | None = N
     other processes) until it refuses. A failed trial (refused params, divergence, out of memory) is logged and
     the study goes on; a stop (interrupts.py) ends it after Optuna has marked the running trial failed."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the objective says one line per event itself
-    def optimize(n: int) -> None:
-        study.optimize(objective, n_trials=n, catch=(ParamsError, TrainingError), gc_after_trial=True)
+
+    def owned(trial: optuna.Trial) -> float:
+        for key, value in owner().items():  # which process owns it (fail_stale_trials)
+            trial.set_user_attr(key, value)
+        with interrupts.taken():
+            return objective(trial)
+
+    left = iter(range(trials or 0))
+    take = take or (lambda: next(left, None) is not None)
     try:
-        if take is None:
-            optimize(trials or 0)
-            return
         while not interrupts.requested() and take():
-            optimize(1)
+            # A stop waits while Optuna creates and closes the trial, and lands only in the objective, once the
+            # trial names its process: study.optimize alone leaves a trial that a stop hits right after its
+            # creation running with no owner, which no run can then tell from a live trial of another machine.
+            with interrupts.deferred():
+                study.optimize(owned, n_trials=1, catch=(ParamsError, TrainingError), gc_after_trial=True)
     except Exception:
         # A stop that lands inside the storage's own clean-up comes out as another error: Optuna's journal lock,
         # interrupted between unlinking its file and returning, unlinks it again (FileNotFoundError). Optuna has
@@ -394,6 +400,8 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int | None = N
         if not interrupts.requested():
             raise
         raise interrupts.interrupted() from None
+    if interrupts.requested():  # a stop while Optuna closed the last trial: noted, not raised, until now
+        raise interrupts.interrupted()
 
 
 def threads_per_job(jobs: int, cpus: int) -> int:
