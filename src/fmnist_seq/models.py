@@ -100,9 +100,9 @@ class ConvClassifier(Classifier):
             width = cfg.hidden_size * 2 ** layer
             blocks += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
             channels, side = width, side // 2
-        # channels_last (NHWC): oneDNN's convolutions, pooling and BatchNorm run faster in it on the CPU (1.5x a
-        # training step in fp32, 2.2x with bf16, 1.6x inference; docs/performance.md). The 1-channel input is the
-        # same in either layout, so the weights' format carries through every block.
+        # channels_last (NHWC): oneDNN's convolutions, pooling and BatchNorm run faster in it on the CPU (1.34x the
+        # images per second of a training epoch in fp32, 1.56x in bf16; docs/performance.md#the-teachers-layout-
+        # channels_last). The 1-channel input is the same in either layout, so the weights' format carries through.
         self.encoder = nn.Sequential(*blocks).to(memory_format=torch.channels_last)
         self.head = _all_steps_head(channels * side * side, cfg)
 
