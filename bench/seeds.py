@@ -12,6 +12,8 @@ deviation; --out appends a Markdown row per model and configuration.
   python bench/seeds.py --model teacher -S precision=fp32   # the lstm's teacher alone
   python bench/seeds.py --model lstm   # a distilling block: its teacher (train_teacher) is trained first, same split,
                                        # then its logits (teacher_logits) are computed
+  python bench/seeds.py --model lstm --seeds 2027 2028 -S epochs=18 --label "4 fp32 epochs; 18 epochs" \
+      >> results/bench/lstm_recipes.jsonl   # a screened recipe, as docs/accuracy.md's table groups them
 
 -S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
 """
@@ -106,13 +108,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028])
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the model's train block, e.g. -S model.hidden_size=256 (repeatable)")
-    parser.add_argument("--label", help="the configuration's name in the Markdown row (default: the overrides)")
+    parser.add_argument("--label", help="the configuration's name: each run's JSON line carries it as `recipe` (how "
+                        "results/bench/lstm_recipes.jsonl groups its runs), and so does the Markdown row (default: "
+                        "the overrides)")
     parser.add_argument("--raw", type=Path, default=ROOT / "data" / "raw", help="the four IDX files")
     parser.add_argument("--out", type=Path, help="append a Markdown table row to this file")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        runs.append(run_seed(args.model, seed, args.overrides, args.raw))
+        runs.append(run_seed(args.model, seed, args.overrides, args.raw) | ({"recipe": args.label} if args.label else {}))
         print(json.dumps(runs[-1]), flush=True)
     accuracies = [r["test_accuracy"] for r in runs]
     mean = statistics.mean(accuracies)

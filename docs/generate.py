@@ -380,7 +380,7 @@ LSTM_RECIPES = "results/bench/lstm_recipes.jsonl"
 
 
 def lstm_recipes_block(root: Path) -> str:
-    runs = read_jsonl(root, LSTM_RECIPES)
+    runs = [run for run in read_jsonl(root, LSTM_RECIPES) if "seed" in run]  # bench/seeds.py's summary lines left out
     if not runs:
         return prose(f"No screening run in `{LSTM_RECIPES}` yet.")
     seeds = sorted({run["seed"] for run in runs})
@@ -396,8 +396,9 @@ def lstm_recipes_block(root: Path) -> str:
     return (table(["recipe (teacher; lstm)", "teacher validation (mean)", *(f"lstm validation, seed {seed}"
                                                                           for seed in seeds),
                    "lstm validation mean (seeds)", "seconds per seed, one core"], rows) + "\n\n"
-            + prose(f"Each line a `bench/seeds.py --model lstm` run on one core (the teacher, its logits and the lstm "
-                    f"of that seed's split; test accuracy not shown: the choice was made on validation). The seconds "
+            + prose(f"Each line a `bench/seeds.py --model lstm --label <recipe>` run on one core (the teacher, its "
+                    f"logits and the lstm of that seed's split; test accuracy not shown: the choice was made on "
+                    f"validation). The seconds "
                     f"are one core's, for comparing recipes with each other only. From `{LSTM_RECIPES}`."))
 
 

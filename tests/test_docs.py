@@ -327,6 +327,23 @@ def test_the_lstm_budget_is_the_ratio_of_the_runs_own_timings(tmp_path, teacher,
             in gen.lstm_budget_block(tmp_path).replace("\n", " "))
 
 
+def test_the_recipes_table_groups_the_runs_of_each_label_and_skips_summary_lines(tmp_path):
+    """bench/seeds.py --label ... >> results/bench/lstm_recipes.jsonl appends each seed's line (carrying the label as
+    `recipe`) and a summary line: the table has a row per recipe, in the file's order, with its own seeds' mean."""
+    gen = generator()
+    assert "No screening run" in gen.lstm_recipes_block(tmp_path)
+    run = {"model": "lstm", "train_wall_s": 300.0}
+    lines = [{**run, "seed": 2027, "valid_accuracy": 0.935, "recipe": "B", "teacher_valid_accuracy": 0.93},
+             {**run, "seed": 2028, "valid_accuracy": 0.931, "recipe": "B", "teacher_valid_accuracy": 0.92},
+             {"model": "lstm", "seeds": [2027, 2028], "test_accuracy_mean": 0.925},
+             {**run, "seed": 2027, "valid_accuracy": 0.94, "recipe": "A"}]
+    (tmp_path / "results/bench").mkdir(parents=True)
+    (tmp_path / "results/bench/lstm_recipes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = [row for row in gen.lstm_recipes_block(tmp_path).splitlines() if row.startswith("| B") or row.startswith("| A")]
+    assert rows == ["| B | 92.50% | 93.50% | 93.10% | **93.30%** (2) | 300 |",
+                    "| A | — | 94.00% | — | **94.00%** (1) | 300 |"]
+
+
 # Hand-written figures. A measured figure in a document is either written by docs/generate.py from the file that
 # holds it (a generated block, checked above), or its section names the commit it comes from. A number is a
 # figure when it is a decimal or carries a unit of measure; dimensions (28×28), versions (onnxruntime 1.31),
