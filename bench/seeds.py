@@ -15,7 +15,8 @@ deviation; --out appends a Markdown row per model and configuration.
   python bench/seeds.py --model lstm --seeds 2027 2028 -S epochs=18 --label "4 fp32 epochs; 18 epochs" \
       >> results/bench/lstm_recipes.jsonl   # a screened recipe, as docs/accuracy.md's table groups them
 
--S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML.
+-S keys are relative to the model's train block (`lr=0.004`, `model.dropout=0.3`); values are YAML. -T does the
+same for a distilling model's teacher (train_teacher): `--model lstm -T epochs=6 -T label_smoothing=0`.
 """
 
 from __future__ import annotations
@@ -65,11 +66,16 @@ def teacher_logits(work: Path) -> None:
                     str(work / "timings-teacher_logits.json")], cwd=work, check=True, stdout=subprocess.DEVNULL)
 
 
-def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
+def run_seed(model: str, seed: int, overrides: list[str], raw: Path, teacher_overrides: list[str] = ()) -> dict:
     params = read_params(ROOT / "params.yaml")
     params["seed"] = seed
     apply_overrides(params[f"train_{model}"], overrides)
     cfg = build(TrainConfig, params[f"train_{model}"], f"train_{model}")  # a bad -S fails here, before work
+    if teacher_overrides:
+        if model == "teacher" or cfg.distill.alpha == 0:
+            sys.exit(f"-T changes a distilling model's teacher, and train_{model} trains without one: use -S")
+        apply_overrides(params["train_teacher"], teacher_overrides)
+        build(TrainConfig, params["train_teacher"], "train_teacher")  # and a bad -T here
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -87,7 +93,9 @@ def run_seed(model: str, seed: int, overrides: list[str], raw: Path) -> dict:
         result = evaluate_checkpoint(ckpt, load_split(work / "prepared", "test"), batch_size=1000)
         workers = json.loads((work / f"timings-{model}.json").read_text())["workers"]
         teacher_run = teacher_summary(work) if teacher else {}
-    return {"model": model, "seed": seed, "overrides": overrides, "precision": cfg.precision, **result.metrics, "train_wall_s": round(seconds, 1),
+    return {"model": model, "seed": seed, "overrides": overrides,
+            **({"teacher_overrides": list(teacher_overrides)} if teacher_overrides else {}),
+            "precision": cfg.precision, **result.metrics, "train_wall_s": round(seconds, 1),
             "workers": workers, "valid_accuracy_by_epoch": [round(h["valid_accuracy"], 4) for h in ckpt.history],
             **teacher_run}
 
@@ -108,6 +116,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 2027, 2028])
     parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the model's train block, e.g. -S model.hidden_size=256 (repeatable)")
+    parser.add_argument("-T", dest="teacher_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a change to the teacher's train block (train_teacher) of a distilling model, e.g. "
+                        "-T epochs=6 (repeatable)")
     parser.add_argument("--label", help="the configuration's name: each run's JSON line carries it as `recipe` (how "
                         "results/bench/lstm_recipes.jsonl groups its runs), and so does the Markdown row (default: "
                         "the overrides)")
@@ -116,7 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        runs.append(run_seed(args.model, seed, args.overrides, args.raw) | ({"recipe": args.label} if args.label else {}))
+        run = run_seed(args.model, seed, args.overrides, args.raw, args.teacher_overrides)
+        runs.append(run | ({"recipe": args.label} if args.label else {}))
         print(json.dumps(runs[-1]), flush=True)
     accuracies = [r["test_accuracy"] for r in runs]
     mean = statistics.mean(accuracies)
