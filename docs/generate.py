@@ -398,8 +398,8 @@ def lstm_recipes_block(root: Path) -> str:
                    "lstm validation mean (seeds)", "seconds per seed, one core"], rows) + "\n\n"
             + prose(f"Each line a `bench/seeds.py --model lstm --label <recipe>` run on one core (the teacher, its "
                     f"logits and the lstm of that seed's split; test accuracy not shown: the choice was made on "
-                    f"validation). The seconds "
-                    f"are one core's, for comparing recipes with each other only. From `{LSTM_RECIPES}`."))
+                    f"validation). The seconds are one core's, for comparing recipes with each other only. From "
+                    f"`{LSTM_RECIPES}`."))
 
 
 # precision-bench, precision-choice, isa-repro: fp32 against bf16 training (issue 32), from bench/precision.py,
